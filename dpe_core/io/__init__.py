@@ -1,0 +1,1 @@
+"""Photo and storage IO (fsspec-based)."""

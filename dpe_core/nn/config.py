@@ -1,0 +1,36 @@
+"""Typed, frozen configs for the networks; saved in every checkpoint sidecar and rebuilt from it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GeneratorConfig(BaseModel):
+    """Global U-Net generator (Chen et al. 2018) with the released defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["global_unet"] = "global_unet"
+    train_size: int = Field(512, description="Side of the square the release trained at (px).")
+    base_channels: int = Field(16, ge=1)
+    bn_momentum: float = Field(0.1, description="torch momentum; the release's decay 0.9.")
+    bn_eps: float = 1e-5
+    init_scale: float = Field(1e-3, description="Variance-scaling factor: small so the untrained net ~ identity.")
+    global_pool: int = Field(
+        8,
+        description="Adaptive average pool size before the VALID global conv; exact at train_size (8x8 after 6 halvings).",
+    )
+
+
+class CriticConfig(BaseModel):
+    """Critic (WGAN discriminator) with the released defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["release_critic"] = "release_critic"
+    base_channels: int = Field(16, ge=1)
+    leaky_slope: float = 0.2
+    head_size: int = Field(16, description="Kernel of the VALID head conv; 16x16 = feature size at 512 input.")
+    init_scale: float = 1.0

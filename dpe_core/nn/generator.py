@@ -1,0 +1,108 @@
+"""Global U-Net generator of the Deep Photo Enhancer, faithful to the released TF code."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dpe_core.nn.config import GeneratorConfig
+from dpe_core.nn.layers import (
+    ConvSeluBN,
+    IndividualBatchNorm2d,
+    SymmetricConv2d,
+    selu,
+    upsample_to,
+    variance_scaling_,
+)
+
+
+class GlobalUNetGenerator(nn.Module):
+    """Global U-Net: x [B,3,H,W] RGB in [0,1] -> x + residual, [B,3,H,W], not clipped.
+
+    Channel plan at 512x512 (base 16): enc 16@512, 32@256, 64@128, 128@64, 128@32; global 128@16, 128@8,
+    128@1; fused 128@32; decoder 256@64, 192@128, 96@256, 48@512; out 16@512 -> 3@512.
+    ``domain`` selects the iBN set: 0 for real photos, 1 for generated ones (the cycle pass).
+    """
+
+    def __init__(self, config: GeneratorConfig | None = None):
+        super().__init__()
+        self.config = config = config or GeneratorConfig()
+        c = config.base_channels
+        m, e = config.bn_momentum, config.bn_eps
+        self.enc1 = ConvSeluBN(3, c, 3, 1, m, e)
+        self.enc2 = ConvSeluBN(c, 2 * c, 5, 2, m, e)
+        self.enc3 = ConvSeluBN(2 * c, 4 * c, 5, 2, m, e)
+        self.enc4 = ConvSeluBN(4 * c, 8 * c, 5, 2, m, e)
+        self.enc5 = ConvSeluBN(8 * c, 8 * c, 5, 2, m, e)
+        # Global path: two more halvings, then an 8x8 VALID conv reduces to one 128-d vector per image.
+        self.global1 = ConvSeluBN(8 * c, 8 * c, 5, 2, m, e)
+        self.global2 = ConvSeluBN(8 * c, 8 * c, 5, 2, m, e)
+        # Deviation: at sizes other than train_size the 8x8 VALID conv would not give 1x1; an adaptive
+        # average pool to global_pool x global_pool in front of it is the identity at train_size.
+        self.global_pool = nn.AdaptiveAvgPool2d(config.global_pool)
+        self.global3 = SymmetricConv2d(8 * c, 8 * c, config.global_pool, valid=True)
+        self.global4 = SymmetricConv2d(8 * c, 8 * c, 1)
+        self.local5 = SymmetricConv2d(8 * c, 8 * c, 3)
+        self.fuse = SymmetricConv2d(16 * c, 8 * c, 1)
+        self.fuse_bn = IndividualBatchNorm2d(8 * c, m, e)
+        # Decoder: conv3x3, nearest x2, concat the encoder's *raw* conv output, SELU, iBN.
+        self.dec4 = SymmetricConv2d(8 * c, 8 * c, 3)
+        self.dec4_bn = IndividualBatchNorm2d(16 * c, m, e)
+        self.dec3 = SymmetricConv2d(16 * c, 8 * c, 3)
+        self.dec3_bn = IndividualBatchNorm2d(12 * c, m, e)
+        self.dec2 = SymmetricConv2d(12 * c, 4 * c, 3)
+        self.dec2_bn = IndividualBatchNorm2d(6 * c, m, e)
+        self.dec1 = SymmetricConv2d(6 * c, 2 * c, 3)
+        self.dec1_bn = IndividualBatchNorm2d(3 * c, m, e)
+        self.out1 = ConvSeluBN(3 * c, c, 3, 1, m, e)
+        self.out2 = SymmetricConv2d(c, 3, 3)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                variance_scaling_(module, config.init_scale)
+
+    def forward(self, x: torch.Tensor, domain: int = 0, global_vector: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] (unclipped).
+
+        ``global_vector`` [B,128,1,1], when given, replaces the global feature computed from x
+        (tiled full-resolution inference computes it once on a 512-px copy).
+        """
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
+        a5, skips = self._encode(x, domain)
+        g = self._global(a5, domain) if global_vector is None else global_vector
+        local = self.local5(a5)
+        fused = torch.cat([local, g.expand(-1, -1, local.shape[-2], local.shape[-1])], dim=1)
+        d = self.fuse_bn(selu(self.fuse(fused)), domain)
+        for conv, bn, skip in zip(
+            (self.dec4, self.dec3, self.dec2, self.dec1),
+            (self.dec4_bn, self.dec3_bn, self.dec2_bn, self.dec1_bn),
+            reversed(skips),
+            strict=True,
+        ):
+            d = bn(selu(torch.cat([upsample_to(conv(d), skip), skip], 1)), domain)
+        d, _ = self.out1(d, domain)
+        return x + self.out2(d)
+
+    def global_feature(self, x: torch.Tensor, domain: int = 0) -> torch.Tensor:
+        """The global vector [B,128,1,1] for x [B,3,H,W] in [0,1]."""
+        a5, _ = self._encode(x, domain)
+        return self._global(a5, domain)
+
+    def _encode(self, x: torch.Tensor, domain: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        a, raw_skips = x, []
+        for block in (self.enc1, self.enc2, self.enc3, self.enc4):
+            a, raw = block(a, domain)
+            raw_skips.append(raw)
+        a5, _ = self.enc5(a, domain)
+        return a5, raw_skips
+
+    def _global(self, a5: torch.Tensor, domain: int) -> torch.Tensor:
+        g, _ = self.global1(a5, domain)
+        g, _ = self.global2(g, domain)
+        return self.global4(selu(self.global3(self.global_pool(g))))
+
+
+def conv_parameter_count(module: nn.Module) -> int:
+    """Number of conv weights and biases (the paper's 'parameters'; BN sets excluded)."""
+    return sum(p.numel() for m in module.modules() if isinstance(m, nn.Conv2d) for p in m.parameters())
+

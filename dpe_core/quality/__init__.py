@@ -1,0 +1,1 @@
+"""Quality tooling: metrics, the benchmark's degradation family, classical baselines."""

@@ -1,0 +1,79 @@
+"""Typed training configuration; saved in every checkpoint sidecar and beside every output."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dpe_core.losses import AdaptiveLambdaConfig
+from dpe_core.nn.config import CriticConfig, GeneratorConfig
+
+TrainMode = Literal["two-way", "one-way", "supervised"]
+
+
+class DataConfig(BaseModel):
+    """Where photos come from. URLs are fsspec URLs (local folders, s3://bucket/prefix, memory://...).
+
+    two-way: source_url (photos to enhance, domain X) + reference_url (style to imitate, domain Y).
+    one-way / supervised: input_url + target_url with matching relative names, or degrade_url (real photos
+    whose synthetic global degradations become the inputs, the photos the targets).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source_url: str | None = None
+    reference_url: str | None = None
+    input_url: str | None = None
+    target_url: str | None = None
+    degrade_url: str | None = None
+    degrade_strength: float = Field(1.0, ge=0, le=2)
+    holdout: int = Field(0, ge=0, description="Photos (sorted, last ones) kept out of training for evaluation.")
+    storage_options: dict = Field(default_factory=dict)
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run. Defaults are the release's where it had one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: TrainMode = "two-way"
+    data: DataConfig = Field(default_factory=DataConfig)
+    image_size: int = Field(512, ge=32, description="Training square side (px); the release used 512.")
+    batch_size: int = Field(3, ge=1)
+    steps: int = Field(1000, ge=1, description="Iterations; in GAN modes one iteration is one critic step.")
+    lr: float = Field(1e-5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    decay_start: int | None = Field(None, description="Step at which lr starts decaying linearly to 0; None: half.")
+    critic_steps_per_generator_step: int = Field(50, ge=1, description="Release: 50 critic steps per G step.")
+    identity_weight: float = Field(1e3, description="Weight of MSE(G(x), x): output stays close to its input.")
+    cycle_weight: float = Field(1e4, description="Weight of the cycle MSE (two-way).")
+    content_weight: float = Field(1e3, description="one-way: weight of MSE(G(x), paired target).")
+    adaptive_lambda: AdaptiveLambdaConfig = Field(default_factory=AdaptiveLambdaConfig)
+    augment: bool = True
+    seed: int = 2018
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    critic: CriticConfig = Field(default_factory=CriticConfig)
+    checkpoint_url: str | None = Field(None, description="Folder for checkpoints (fsspec URL); None: no checkpoints.")
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    eval_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
+    threads: int | None = Field(None, description="torch CPU threads; None leaves torch's default.")
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check_data(self) -> TrainConfig:
+        d = self.data
+        if self.mode == "two-way" and (d.source_url is None) != (d.reference_url is None):
+            raise ValueError("two-way training needs both data.source_url and data.reference_url")
+        if self.mode != "two-way" and d.input_url is not None and d.target_url is None:
+            raise ValueError(f"{self.mode} training with data.input_url needs data.target_url")
+        return self
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for iteration `step`: constant, then linear decay to 0 at `steps`."""
+        start = self.steps // 2 if self.decay_start is None else self.decay_start
+        if step < start or self.steps <= start:
+            return self.lr
+        return self.lr * max(0.0, (self.steps - step) / (self.steps - start))

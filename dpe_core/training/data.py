@@ -1,0 +1,194 @@
+"""Training data: photos from any fsspec URL, resized and symmetric-padded to a square, with valid masks.
+
+Release protocol: resize the long side to the training size (aspect kept, never squashed), pad bottom/right
+symmetrically to size x size, and compute losses only on the valid (unpadded) region. Augmentation: the 8
+dihedral transforms, applied identically to both images of a pair. Sampling is a pure function of
+(seed, step), so a resumed run draws exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from dpe_core.io.storage import filesystem, read_bytes
+from dpe_core.nn.layers import symmetric_pad
+from dpe_core.quality.degradations import Degradation, random_degradation
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".bmp")
+
+
+def list_images(url: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, **storage_options) -> list[str]:
+    """Sorted full URLs of the image files directly or recursively under a folder URL (or a glob pattern)."""
+    fs, path = filesystem(url, **storage_options)
+    if any(ch in path for ch in "*?["):
+        found = fs.glob(path)
+    else:
+        found = fs.find(path)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    urls = sorted(p for p in found if p.lower().endswith(tuple(extensions)))
+    if protocol in ("file", "local"):
+        return urls
+    return [f"{protocol}://{p}" for p in urls]
+
+
+def load_rgb(url: str, long_side: int | None = None, **storage_options) -> torch.Tensor:
+    """Decode a photo (orientation applied once) to [3,H,W] float32 in [0,1], long side resized to long_side."""
+    data = read_bytes(url, **storage_options)
+    with Image.open(io.BytesIO(data)) as im:
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        if long_side is not None:
+            scale = long_side / max(im.size)
+            if scale < 1.0:  # never upsample training photos
+                size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+                im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        array = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def pad_to_square(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[3,h,w] with max(h,w) <= size -> ([3,size,size] symmetric-padded bottom/right, valid mask [1,size,size])."""
+    _, h, w = image.shape
+    if h > size or w > size:
+        raise ValueError(f"image {h}x{w} larger than training size {size}")
+    mask = torch.zeros(1, size, size, dtype=image.dtype)
+    mask[:, :h, :w] = 1
+    return symmetric_pad(image, (0, size - w, 0, size - h)), mask
+
+
+def dihedral(image: torch.Tensor, k: int) -> torch.Tensor:
+    """One of the 8 dihedral transforms of [...,H,W]: k in 0..7 = rot90^(k%4), then transpose if k >= 4."""
+    out = torch.rot90(image, k % 4, dims=(-2, -1))
+    return out.transpose(-2, -1) if k >= 4 else out
+
+
+@dataclass
+class Batch:
+    """A training batch. x/y [B,3,S,S] in [0,1]; masks [B,1,S,S] in {0,1}; y is the target or reference photo."""
+
+    x: torch.Tensor
+    x_mask: torch.Tensor
+    y: torch.Tensor
+    y_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in (self.x, self.x_mask, self.y, self.y_mask)))
+
+
+def _step_rng(seed: int, step: int, stream: int) -> random.Random:
+    return random.Random(hash((seed, step, stream)) & 0xFFFFFFFFFFFF)
+
+
+def _fit_pair(a: torch.Tensor, b: torch.Tensor, size: int, k: int) -> tuple[torch.Tensor, ...]:
+    a, b = dihedral(a, k), dihedral(b, k)
+    (pa, ma), (pb, mb) = pad_to_square(a, size), pad_to_square(b, size)
+    return pa, ma, pb, mb
+
+
+class PhotoSet:
+    """Photos decoded once at the training size and kept in memory ([3,h,w] tensors, long side = size)."""
+
+    def __init__(self, urls: Sequence[str], size: int, **storage_options):
+        if not urls:
+            raise ValueError("no training photos: the source list is empty")
+        self.urls = list(urls)
+        self.size = size
+        self.images = [load_rgb(u, size, **storage_options) for u in self.urls]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class UnpairedData:
+    """Two-way GAN data: X photos (to enhance) and Y photos (the reference style); batches pair them at random."""
+
+    def __init__(self, source: PhotoSet, reference: PhotoSet, augment: bool = True):
+        self.source, self.reference, self.augment = source, reference, augment
+
+    def batch(self, seed: int, step: int, batch_size: int) -> Batch:
+        rng = _step_rng(seed, step, 0)
+        size = self.source.size
+        items = []
+        for _ in range(batch_size):
+            a = self.source.images[rng.randrange(len(self.source))]
+            b = self.reference.images[rng.randrange(len(self.reference))]
+            ka = rng.randrange(8) if self.augment else 0
+            kb = rng.randrange(8) if self.augment else 0
+            pa, ma = pad_to_square(dihedral(a, ka), size)
+            pb, mb = pad_to_square(dihedral(b, kb), size)
+            items.append((pa, ma, pb, mb))
+        return Batch(*(torch.stack(t) for t in zip(*items, strict=True)))
+
+
+class PairedData:
+    """Paired data (input, expert target) with the same augmentation applied to both images of a pair."""
+
+    def __init__(self, inputs: PhotoSet, targets: PhotoSet, augment: bool = True):
+        if len(inputs) != len(targets):
+            raise ValueError(f"paired data needs as many inputs ({len(inputs)}) as targets ({len(targets)})")
+        for a, b, ua, ub in zip(inputs.images, targets.images, inputs.urls, targets.urls, strict=True):
+            if a.shape != b.shape:
+                raise ValueError(f"pair {ua} / {ub}: sizes differ after resizing ({tuple(a.shape)} vs {tuple(b.shape)})")
+        self.inputs, self.targets, self.augment = inputs, targets, augment
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def pair(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs.images[index], self.targets.images[index]
+
+    def batch(self, seed: int, step: int, batch_size: int) -> Batch:
+        rng = _step_rng(seed, step, 1)
+        items = []
+        for _ in range(batch_size):
+            i = rng.randrange(len(self))
+            a, b = self.pair(i)
+            items.append(_fit_pair(a, b, self.inputs.size, rng.randrange(8) if self.augment else 0))
+        return Batch(*(torch.stack(t) for t in zip(*items, strict=True)))
+
+
+class DegradedPairData:
+    """Synthetic pairs from real photos: input = random global degradation of the photo, target = the photo.
+
+    Fresh degradation parameters every draw (seeded by (seed, step)) so the model cannot memorise them.
+    """
+
+    def __init__(self, photos: PhotoSet, augment: bool = True, strength: float = 1.0):
+        self.photos, self.augment, self.strength = photos, augment, strength
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def batch(self, seed: int, step: int, batch_size: int) -> Batch:
+        rng = _step_rng(seed, step, 2)
+        items = []
+        for _ in range(batch_size):
+            target = self.photos.images[rng.randrange(len(self.photos))]
+            degraded = random_degradation(rng, self.strength).apply(target)
+            items.append(_fit_pair(degraded, target, self.photos.size, rng.randrange(8) if self.augment else 0))
+        return Batch(*(torch.stack(t) for t in zip(*items, strict=True)))
+
+    def fixed_pairs(self, degradations: Sequence[Degradation]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Deterministic evaluation pairs: photo i degraded by degradations[i % len]."""
+        return [(degradations[i % len(degradations)].apply(img), img) for i, img in enumerate(self.photos.images)]
+
+
+def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """[...,3,h,w] -> resized (antialiased bilinear) so max(h,w) == long_side."""
+    h, w = image.shape[-2:]
+    scale = long_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    squeeze = image.ndim == 3
+    out = F.interpolate(image[None] if squeeze else image, size=size, mode="bilinear", antialias=True,
+                        align_corners=False)
+    return out[0] if squeeze else out

@@ -1,0 +1,183 @@
+"""The training loop: builds data from the config, resumes from the newest checkpoint, evaluates, exports.
+
+Usable from Python (``train(config)``) and from ``dpe train`` (flows/cli.py calls the same function through
+the train_style flow). Progress goes to a callback and to ``logging``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dpe_core.nn.modelfile import ModelInfo, save_model
+from dpe_core.quality.degradations import benchmark_degradations
+from dpe_core.quality.metrics import psnr
+from dpe_core.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dpe_core.training.config import TrainConfig
+from dpe_core.training.data import DegradedPairData, PairedData, PhotoSet, UnpairedData, list_images
+from dpe_core.training.steps import GANStep, build_step
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class TrainingData:
+    """What a run trains on and evaluates with (eval_pairs: [(input [3,h,w], target [3,h,w])], may be empty)."""
+
+    train: UnpairedData | PairedData | DegradedPairData
+    eval_pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    train_urls: list[str] = field(default_factory=list)
+    holdout_urls: list[str] = field(default_factory=list)
+
+
+def _split(urls: list[str], holdout: int, what: str) -> tuple[list[str], list[str]]:
+    if holdout >= len(urls):
+        raise ValueError(f"{what}: holdout {holdout} leaves no training photos out of {len(urls)}")
+    return (urls[: len(urls) - holdout], urls[len(urls) - holdout :]) if holdout else (urls, [])
+
+
+def build_data(config: TrainConfig) -> TrainingData:
+    """Read and cache the photos named by config.data at config.image_size."""
+    d, size, so = config.data, config.image_size, config.data.storage_options
+    if config.mode == "two-way":
+        source = list_images(d.source_url, **so)
+        reference = list_images(d.reference_url, **so)
+        if not source or not reference:
+            raise ValueError(f"no photos under {d.source_url if not source else d.reference_url}")
+        return TrainingData(UnpairedData(PhotoSet(source, size, **so), PhotoSet(reference, size, **so), config.augment),
+                            train_urls=source + reference)
+    if d.degrade_url is not None:
+        train_urls, holdout_urls = _split(list_images(d.degrade_url, **so), d.holdout, d.degrade_url)
+        data = DegradedPairData(PhotoSet(train_urls, size, **so), config.augment, d.degrade_strength)
+        eval_pairs = []
+        if holdout_urls:
+            held = DegradedPairData(PhotoSet(holdout_urls, size, **so), augment=False)
+            eval_pairs = held.fixed_pairs(benchmark_degradations(len(holdout_urls), seed=config.seed))
+        return TrainingData(data, eval_pairs, train_urls, holdout_urls)
+    if d.input_url is None:
+        raise ValueError(f"{config.mode} training needs data.input_url + data.target_url or data.degrade_url")
+    inputs = list_images(d.input_url, **so)
+    targets = list_images(d.target_url, **so)
+    names = {u.rsplit("/", 1)[-1].rsplit(".", 1)[0]: u for u in targets}
+    pairs = [(u, names[u.rsplit("/", 1)[-1].rsplit(".", 1)[0]]) for u in inputs
+             if u.rsplit("/", 1)[-1].rsplit(".", 1)[0] in names]
+    if not pairs:
+        raise ValueError(f"no input under {d.input_url} has a target with the same name under {d.target_url}")
+    train_pairs, holdout_pairs = _split(pairs, d.holdout, d.input_url)
+    data = PairedData(PhotoSet([a for a, _ in train_pairs], size, **so), PhotoSet([b for _, b in train_pairs], size, **so),
+                      config.augment)
+    eval_pairs = []
+    if holdout_pairs:
+        held = PairedData(PhotoSet([a for a, _ in holdout_pairs], size, **so),
+                          PhotoSet([b for _, b in holdout_pairs], size, **so), augment=False)
+        eval_pairs = [held.pair(i) for i in range(len(held))]
+    return TrainingData(data, eval_pairs, [a for a, _ in train_pairs], [a for a, _ in holdout_pairs])
+
+
+@torch.no_grad()
+def evaluate(generator: torch.nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Mean PSNR (dB) of clip(G(input)) and of the identity baseline against the targets, at training size."""
+    if not pairs:
+        return {}
+    was_training = generator.training
+    generator.eval()
+    device = next(generator.parameters()).device
+    model, identity = [], []
+    for x, y in pairs:
+        out = generator(x[None].to(device), domain=0)[0].cpu()
+        model.append(psnr(out, y))
+        identity.append(psnr(x, y))
+    generator.train(was_training)
+    return {"eval_psnr": sum(model) / len(model), "eval_identity_psnr": sum(identity) / len(identity)}
+
+
+@dataclass
+class TrainResult:
+    """Outcome of train(): final iteration, last metrics, checkpoint sidecar URL, the trained step object."""
+
+    iteration: int
+    metrics: dict[str, float]
+    checkpoint: str | None
+    step: GANStep
+    data: TrainingData
+    seconds: float
+    resumed_from: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(config: TrainConfig, progress: ProgressCallback | None = None, data: TrainingData | None = None,
+          stop_after: int | None = None) -> TrainResult:
+    """Run (or resume) training to config.steps iterations.
+
+    Resumes from the newest checkpoint under config.checkpoint_url when one exists. ``stop_after`` ends the
+    call early after that many iterations of this call (used to test interruption and resume).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    data = data or build_data(config)
+    step = build_step(config, device)
+    resumed_from = None
+    so = config.data.storage_options
+    if config.checkpoint_url:
+        resumed_from = latest_checkpoint(config.checkpoint_url, **so)
+        if resumed_from:
+            load_checkpoint(step, resumed_from, **so)
+            log.info("resumed from %s at iteration %d", resumed_from, step.iteration)
+    started = time.perf_counter()
+    last_checkpoint = resumed_from
+    metrics: dict[str, float] = {}
+    history: list[dict[str, Any]] = []
+    done_here = 0
+    while step.iteration < config.steps and (stop_after is None or done_here < stop_after):
+        step.set_lr(config.lr_at(step.iteration))
+        metrics = step.step(data.train.batch(config.seed, step.iteration, config.batch_size)) or metrics
+        done_here += 1
+        it = step.iteration
+        if data.eval_pairs and (it % config.eval_every == 0 or it == config.steps):
+            metrics = metrics | evaluate(step.enhancer, data.eval_pairs)
+        if it % config.log_every == 0 or it == config.steps:
+            record = {"iteration": it, "lr": config.lr_at(it - 1), "seconds": time.perf_counter() - started} | metrics
+            history.append(record)
+            log.info("iteration %d %s", it, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+            if progress:
+                progress(record)
+        if config.checkpoint_url and (it % config.checkpoint_every == 0 or it == config.steps):
+            last_checkpoint = save_checkpoint(step, config.checkpoint_url, extra={"metrics": metrics},
+                                              keep=config.keep_checkpoints, **so)
+    final = metrics | (evaluate(step.enhancer, data.eval_pairs) if data.eval_pairs else {})
+    return TrainResult(step.iteration, final, last_checkpoint, step, data, time.perf_counter() - started,
+                       resumed_from, history)
+
+
+def export_model(result: TrainResult, uri: str, name: str, version: str, card: dict[str, Any] | None = None,
+                 **storage_options) -> ModelInfo:
+    """Publish the enhancer generator (G_X) of a run as a model file (safetensors + JSON sidecar)."""
+    config = result.step.config
+    info = ModelInfo(
+        name=name,
+        version=version,
+        training={
+            "mode": config.mode,
+            "iterations": result.iteration,
+            "config": config.model_dump(mode="json"),
+            "train_photos": [u.rsplit("/", 1)[-1] for u in result.data.train_urls],
+            "holdout_photos": [u.rsplit("/", 1)[-1] for u in result.data.holdout_urls],
+        } | (card or {}),
+        metrics={k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
+    )
+    return save_model(result.step.enhancer, uri, info, **storage_options)

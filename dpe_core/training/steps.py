@@ -1,0 +1,203 @@
+"""The GAN updates as step objects with named phases; the loop that drives them stays dumb.
+
+Paper-to-code name map (Chen et al., "Deep Photo Enhancer", CVPR 2018), written once here:
+    X, Y             source photos (to enhance) and reference photos (the target style)
+    G_X  (paper G_X) generator X -> Y, the enhancer we ship ............ ``self.g_x``
+    G_Y  (paper G_Y) generator Y -> X, only used for the cycle ......... ``self.g_y``
+    D_Y  (paper D_Y) critic: real y vs G_X(x) ........................... ``self.d_y``
+    D_X  (paper D_X) critic: real x vs G_Y(y) ........................... ``self.d_x``
+    lambda_Y, lambda_X  adaptive gradient-penalty weights of D_Y, D_X (A-WGAN) ``self.lambda_y/_x``
+    iBN set 0 = real inputs (x, y), set 1 = generated inputs (G_X x, G_Y y in the cycle pass).
+The one-way GAN keeps G_X and D_Y only; the supervised variant keeps G_X only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dpe_core.losses import (
+    AdaptiveLambda,
+    critic_wasserstein_loss,
+    generator_adversarial_loss,
+    gradient_penalty,
+    masked_mse,
+    psnr_loss,
+)
+from dpe_core.nn import build_critic, build_generator
+from dpe_core.training.config import TrainConfig
+from dpe_core.training.data import Batch
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch RNG that depends only on (seed, step): resumed runs draw the same numbers."""
+    return torch.Generator(device="cpu").manual_seed(hash((seed, step, 3)) & 0x7FFFFFFFFFFF)
+
+
+class GANStep:
+    """Common state of all modes: named modules, two optimizers, A-WGAN weights, iteration counter."""
+
+    generator_names: tuple[str, ...] = ()
+    critic_names: tuple[str, ...] = ()
+
+    def __init__(self, config: TrainConfig, device: torch.device | str = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        for name in self.generator_names:
+            setattr(self, name, build_generator(config.generator).to(self.device).train())
+        for name in self.critic_names:
+            setattr(self, name, build_critic(config.critic).to(self.device).train())
+        adam = {"lr": config.lr, "betas": config.betas}
+        self.opt_g = torch.optim.Adam([p for n in self.generator_names for p in getattr(self, n).parameters()], **adam)
+        self.opt_d = (
+            torch.optim.Adam([p for n in self.critic_names for p in getattr(self, n).parameters()], **adam)
+            if self.critic_names
+            else None
+        )
+        self.lambdas = {f"lambda_{n[-1]}": AdaptiveLambda(config.adaptive_lambda) for n in self.critic_names}
+        self.iteration = 0
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {n: getattr(self, n) for n in self.generator_names + self.critic_names}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_g": self.opt_g} | ({"opt_d": self.opt_d} if self.opt_d is not None else {})
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers().values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    @property
+    def enhancer(self) -> nn.Module:
+        """The generator users get: G_X."""
+        return self.g_x
+
+    def generator_due(self) -> bool:
+        """Whether this iteration also updates the generator(s) (every N-th critic step)."""
+        n = self.config.critic_steps_per_generator_step if self.critic_names else 1
+        return (self.iteration + 1) % n == 0
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """One iteration: a critic phase (GAN modes), then a generator phase when due."""
+        batch = batch.to(self.device)
+        rng = step_generator(self.config.seed, self.iteration)
+        metrics: dict[str, float] = {}
+        if self.critic_names:
+            metrics |= self.critic_phase(batch, rng)
+        if self.generator_due():
+            metrics |= self.generator_phase(batch)
+        self.iteration += 1
+        return metrics
+
+    def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
+        raise NotImplementedError
+
+    def generator_phase(self, batch: Batch) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _critic_update(self, pairs: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]],
+                       rng: torch.Generator) -> dict[str, float]:
+        """pairs: (lambda name, critic, real, fake). Wasserstein + lambda * penalty per critic, one Adam step."""
+        self.opt_d.zero_grad(set_to_none=True)
+        total = 0.0
+        metrics: dict[str, float] = {}
+        penalties = {}
+        for lam_name, critic, real, fake in pairs:
+            wasserstein = critic_wasserstein_loss(critic(real), critic(fake))
+            penalty = gradient_penalty(critic, real, fake, generator=rng)
+            total = total + wasserstein + self.lambdas[lam_name].value * penalty
+            penalties[lam_name] = float(penalty.detach())
+            metrics[f"wasserstein_{lam_name[-1]}"] = float(-wasserstein.detach())
+            metrics[f"penalty_{lam_name[-1]}"] = penalties[lam_name]
+        total.backward()
+        self.opt_d.step()
+        for lam_name, value in penalties.items():
+            metrics[lam_name] = self.lambdas[lam_name].update(value)
+        metrics["loss_critic"] = float(total.detach())
+        return metrics
+
+
+class TwoWayGANStep(GANStep):
+    """Unpaired two-way GAN with iBN, A-WGAN critics, identity (1e3) and cycle (1e4) losses."""
+
+    generator_names = ("g_x", "g_y")
+    critic_names = ("d_x", "d_y")
+
+    def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
+        with torch.no_grad():
+            fake_y = self.g_x(batch.x, domain=0)
+            fake_x = self.g_y(batch.y, domain=0)
+        return self._critic_update(
+            [("lambda_y", self.d_y, batch.y, fake_y), ("lambda_x", self.d_x, batch.x, fake_x)], rng
+        )
+
+    def generator_phase(self, batch: Batch) -> dict[str, float]:
+        c = self.config
+        self.opt_g.zero_grad(set_to_none=True)
+        fake_y = self.g_x(batch.x, domain=0)
+        fake_x = self.g_y(batch.y, domain=0)
+        adversarial = generator_adversarial_loss(self.d_y(fake_y)) + generator_adversarial_loss(self.d_x(fake_x))
+        identity = masked_mse(fake_y, batch.x, batch.x_mask) + masked_mse(fake_x, batch.y, batch.y_mask)
+        # Cycle pass: generated inputs go through iBN set 1; clip because they re-enter as images.
+        cycle_x = self.g_y(fake_y.clamp(0, 1), domain=1)
+        cycle_y = self.g_x(fake_x.clamp(0, 1), domain=1)
+        cycle = masked_mse(cycle_x, batch.x, batch.x_mask) + masked_mse(cycle_y, batch.y, batch.y_mask)
+        loss = adversarial + c.identity_weight * identity + c.cycle_weight * cycle
+        loss.backward()
+        self.opt_g.step()
+        return {"loss_generator": float(loss.detach()), "adversarial": float(adversarial.detach()),
+                "identity_mse": float(identity.detach()), "cycle_mse": float(cycle.detach())}
+
+
+class OneWayGANStep(GANStep):
+    """Paired one-way GAN: G_X with critic D_Y on the expert targets plus a content MSE to the paired target."""
+
+    generator_names = ("g_x",)
+    critic_names = ("d_y",)
+
+    def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
+        with torch.no_grad():
+            fake_y = self.g_x(batch.x, domain=0)
+        return self._critic_update([("lambda_y", self.d_y, batch.y, fake_y)], rng)
+
+    def generator_phase(self, batch: Batch) -> dict[str, float]:
+        self.opt_g.zero_grad(set_to_none=True)
+        fake_y = self.g_x(batch.x, domain=0)
+        adversarial = generator_adversarial_loss(self.d_y(fake_y))
+        content = masked_mse(fake_y, batch.y, batch.x_mask)
+        loss = adversarial + self.config.content_weight * content
+        loss.backward()
+        self.opt_g.step()
+        return {"loss_generator": float(loss.detach()), "adversarial": float(adversarial.detach()),
+                "content_mse": float(content.detach())}
+
+
+class SupervisedStep(GANStep):
+    """Generator alone, maximising PSNR: loss = mean(log10 MSE) over the valid region."""
+
+    generator_names = ("g_x",)
+
+    def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
+        return {}
+
+    def generator_phase(self, batch: Batch) -> dict[str, float]:
+        self.opt_g.zero_grad(set_to_none=True)
+        out = self.g_x(batch.x, domain=0)
+        loss = psnr_loss(out, batch.y, batch.x_mask)
+        loss.backward()
+        self.opt_g.step()
+        return {"loss_generator": float(loss.detach()), "train_psnr": float(-10 * loss.detach())}
+
+
+STEP_CLASSES: dict[str, type[GANStep]] = {
+    "two-way": TwoWayGANStep,
+    "one-way": OneWayGANStep,
+    "supervised": SupervisedStep,
+}
+
+
+def build_step(config: TrainConfig, device: torch.device | str = "cpu") -> GANStep:
+    """The step object for config.mode."""
+    return STEP_CLASSES[config.mode](config, device)
