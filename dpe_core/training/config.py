@@ -54,6 +54,9 @@ class TrainConfig(BaseModel):
     seed: int = 2018
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     critic: CriticConfig = Field(default_factory=CriticConfig)
+    init_from: str | None = Field(
+        None, description="Model URI whose generator initialises G_X (fine-tuning); ignored when resuming."
+    )
     checkpoint_url: str | None = Field(None, description="Folder for checkpoints (fsspec URL); None: no checkpoints.")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(3, ge=1)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from dpe_core.nn.modelfile import ModelInfo, save_model
+from dpe_core.nn.modelfile import ModelInfo, load_model, save_model
 from dpe_core.quality.degradations import benchmark_degradations
 from dpe_core.quality.metrics import psnr
 from dpe_core.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -138,6 +138,10 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, data: T
         if resumed_from:
             load_checkpoint(step, resumed_from, **so)
             log.info("resumed from %s at iteration %d", resumed_from, step.iteration)
+    if config.init_from and not resumed_from:
+        initial, _ = load_model(config.init_from, map_location=device, **so)
+        step.enhancer.load_state_dict(initial.state_dict())
+        log.info("initialised G_X from %s", config.init_from)
     started = time.perf_counter()
     last_checkpoint = resumed_from
     metrics: dict[str, float] = {}
