@@ -71,3 +71,35 @@ def write_bytes_atomic(url: str, data: bytes, **storage_options) -> None:
         except (NotImplementedError, PermissionError):
             pass  # object stores have no real folders
     fs.pipe_file(path, data)
+
+
+def list_files(
+    url: str, patterns: str | list[str] | tuple[str, ...] = "**", *, extensions=None, **storage_options
+) -> list[str]:
+    """Sorted paths (relative to url, '/'-separated) of the files under url matching any glob pattern.
+
+    patterns: glob(s) relative to url ("**" = everything below, "*.jpg" = this level only).
+    extensions: optional iterable of extensions (".jpg", "png"; case-insensitive) to keep.
+    """
+    fs, root = filesystem(url, **storage_options)
+    root = root.rstrip("/")
+    pats = [patterns] if isinstance(patterns, str) else list(patterns)
+    exts = None
+    if extensions is not None:
+        exts = {("." + e.lstrip(".")).lower() for e in extensions}
+    found: set[str] = set()
+    for pat in pats:
+        pat = pat.lstrip("/")
+        if pat in ("**", "**/*"):
+            hits = fs.find(root)
+        else:
+            hits = fs.glob(f"{root}/{pat}")
+        for hit in hits:
+            hit = hit if isinstance(hit, str) else str(hit)
+            if fs.isdir(hit):
+                continue
+            rel = hit[len(root) :].lstrip("/") if hit.startswith(root) else hit.rsplit("/", 1)[-1]
+            if exts is not None and os.path.splitext(rel)[1].lower() not in exts:
+                continue
+            found.add(rel)
+    return sorted(found)
