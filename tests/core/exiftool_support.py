@@ -145,6 +145,14 @@ MUST_CHANGE: dict[str, tuple[str, ...]] = {
     ),
     # HEIF container boxes are produced by our encoder (x265 parameters, item ids, grid layout, aux images)
     # (and the thumbnail item's own colour profile, ICC_Profile2, which libheif does not write for thumbnails)
+    # HEIF auxiliary images (depth/disparity maps, HDR gain maps) are not carried; exiftool merges their XMP
+    "heif-aux": (
+        "XMP-HDRGainMap:*",
+        "XMP-apdi:*",
+        "XMP-depthData:*",
+        "XMP-depthBlurEffect:*",
+        "XMP-portraitLightingEffect:*",
+    ),
     "heif-container": (
         "QuickTime:*",
         "Meta:*",

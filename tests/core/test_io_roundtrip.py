@@ -73,7 +73,7 @@ def _allowed_for(photo) -> tuple[list[str], list[str]]:
     if photo.source_format == "TIFF":
         allowed += MUST_CHANGE["tiff-structure"]
     if photo.source_format == "HEIF":
-        allowed += MUST_CHANGE["heif-container"]
+        allowed += MUST_CHANGE["heif-container"] + MUST_CHANGE["heif-aux"]
     return allowed, warnings
 
 
