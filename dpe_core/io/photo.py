@@ -430,6 +430,8 @@ def _finish(name, fmt, mode, im_or_arrays, exif, icc, xmp, iptc, carry, orientat
     rgb, alpha, depth = im_or_arrays
     stored = (rgb.shape[1], rgb.shape[0])
     rgb, alpha, exif, xmp, applied, w2 = _orient(rgb, alpha, exif, xmp, orientation_source, name)
+    if orientation_source == "container" and exiflib.swaps_axes(applied):
+        stored = (rgb.shape[0], rgb.shape[1])  # the coded image (what EXIF dimensions describe) was turned
     return Photo(
         pixels=rgb,
         alpha=alpha,
@@ -443,7 +445,7 @@ def _finish(name, fmt, mode, im_or_arrays, exif, icc, xmp, iptc, carry, orientat
         orientation_applied=applied,
         name=name,
         carry=carry,
-        stored_size=stored if orientation_source == "pixels" else None,
+        stored_size=stored,
         warnings=tuple(warns) + tuple(w2),
     )
 
@@ -610,8 +612,8 @@ def _check_boxes(data: bytes, name: str) -> None:
             size = struct.unpack_from(">Q", data, pos + 8)[0]
         elif size == 0:
             size = n - pos
-        if size < 8:
-            raise CorruptPhotoError(name, f"HEIF box {btype!r} has invalid size {size}")
+        if size < 8 or not all(32 <= c < 127 for c in btype):
+            raise CorruptPhotoError(name, f"invalid HEIF box {btype!r} (size {size}) at offset {pos}")
         if pos + size > n:
             raise TruncatedPhotoError(
                 name, f"HEIF box {btype.decode('latin1')!r} needs {pos + size} bytes, file has {n}"

@@ -147,6 +147,8 @@ def test_heic_roundtrip_keeps_metadata(testdata, tmp_path, rel):
         if group in ("IFD0", "ExifIFD", "GPS", "XMP-x", "XMP-exif", "XMP-tiff", "XMP-dc", "IPTC", "ICC_Profile"):
             if key == "IFD0:Orientation":
                 assert dst_tags[key] == 1
+            elif key in ("ExifIFD:ExifImageWidth", "ExifIFD:ExifImageHeight") and src_tags.get("QuickTime:Rotation"):
+                continue  # follow the upright stored image, checked below
             else:
                 assert dst_tags.get(key) == value, key
     # the HEIF decoder already applied irot: upright pixels, no rotation left in the output
@@ -155,6 +157,12 @@ def test_heic_roundtrip_keeps_metadata(testdata, tmp_path, rel):
         w, h = src_tags["QuickTime:ImageSpatialExtent"].split()
         if src_tags["QuickTime:Rotation"] in (90, 270):
             assert (photo.width, photo.height) == (int(h), int(w))
+        # the output's stored image is the upright one: its EXIF dimensions follow it
+        if "ExifIFD:ExifImageWidth" in src_tags:
+            assert (dst_tags["ExifIFD:ExifImageWidth"], dst_tags["ExifIFD:ExifImageHeight"]) == (
+                photo.width,
+                photo.height,
+            )
 
 
 ORIENTATION = [f for f in _files("orientation")]
@@ -175,6 +183,21 @@ def test_orientation_displays_upright_once(testdata, tmp_path, rel):
     assert _psnr(shown, reference) > 30
     tags = exiftool_tags(out)
     assert tags.get("IFD0:Orientation", 1) == 1
+
+
+@pytest.mark.parametrize(
+    "name, error",
+    [
+        ("corrupted.heic", CorruptPhotoError),
+        ("empty.heic", TruncatedPhotoError),
+        ("truncated.heic", TruncatedPhotoError),
+    ],
+)
+def test_damaged_heic_raises_documented_error(testdata, tmp_path, name, error):
+    src = _src(testdata, f"heic/{name}")
+    with pytest.raises(error, match=name):
+        write_photo(read_photo(str(src)), str(tmp_path / "out.heic"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_iphone_heic_is_not_rotated_twice(testdata):
