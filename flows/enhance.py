@@ -1,0 +1,229 @@
+"""enhance_archive: bulk-enhance every photo under a source URL into a destination URL, on Dask.
+
+list -> plan (skip what the destination's manifest records as done and whose output is intact) -> shards
+(many photos per task) -> Dask workers (model loaded once per worker process) -> per-file records -> report,
+manifest, artifacts. A failing photo never fails the run: the final state's message says how many failed
+and the CLI's exit code reflects it.
+
+The flow process imports no torch: dpe_core's model code is imported inside the task bodies on the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.context import FlowRunContext
+from prefect.futures import as_completed
+from prefect.states import Completed
+
+from flows.artifacts import Progress, artifact_key, counts_table, publish_summary, summary_markdown
+from flows.cluster import ClusterInfo, dask_cluster
+from flows.params import EnhanceParams, default_registry
+from tasks.common import dumps_jsonl, join, lpt_shards, read_jsonl, use_storage_block, write_json
+from tasks.enhance import EnhanceJob, Shard, ShardResult, enhance_shard
+from tasks.manifest import (
+    Plan,
+    WorkItem,
+    clear_records,
+    merge_state,
+    plan,
+    records_root,
+    run_url,
+    settings_key,
+    write_manifest,
+)
+from tasks.registry import ModelRef, resolve
+from tasks.storage import STORAGE_RETRIES, list_inputs, read_destination
+
+# In-process listeners (the CLI's progress bar): called with small event dicts; never part of parameters.
+PROGRESS_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
+
+FILE_COST_BYTES = 200_000  # per-photo fixed cost (decode set-up, model call, write) in byte units for balancing
+
+
+def _emit(event: dict[str, Any]) -> None:
+    for listener in list(PROGRESS_LISTENERS):
+        with contextlib.suppress(Exception):
+            listener(event)
+
+
+def shard_size_for(n_items: int, workers: int, shard_size: int | None) -> int:
+    """Photos per shard: the given size, else ~3 shards per worker, at least 8 photos (Prefect costs ~0.25 s
+    per task) and at most 256 (a lost worker loses at most one shard's work)."""
+    if shard_size:
+        return shard_size
+    return max(8, min(256, math.ceil(n_items / (3 * max(1, workers)))))
+
+
+def make_shards(todo: list[WorkItem], size: int, previews: int) -> list[Shard]:
+    """Shards of about equal work (bytes + a fixed per-photo cost), costliest first; previews from the first."""
+    n = math.ceil(len(todo) / size) if todo else 0
+    groups = lpt_shards(todo, n, lambda item: item.size + FILE_COST_BYTES) if n else []
+    return [Shard(index=i, items=[item.to_dict() for item in group], previews=previews if i == 0 else 0)
+            for i, group in enumerate(groups)]
+
+
+@task(name="resolve-model", **STORAGE_RETRIES)
+def resolve_model(reference: str, registry_url: str | None) -> ModelRef:
+    return resolve(reference, registry_url)
+
+
+@task(name="write-report", **STORAGE_RETRIES)
+def write_report(dest_url: str, run_id: str, records: list[dict[str, Any]], state: dict[str, dict[str, Any]],
+                 summary: dict[str, Any]) -> dict[str, str]:
+    """report.jsonl + summary.json of the run, the merged manifest, then drop the merged shard records."""
+    folder = run_url(dest_url, run_id)
+    report = join(folder, "report.jsonl")
+    from tasks.common import write_atomic
+
+    write_atomic(report, dumps_jsonl(sorted(records, key=lambda r: r["input"])))
+    manifest = write_manifest(dest_url, merge_state(state, records))
+    write_json(join(folder, "summary.json"), summary | {"report_url": report, "manifest_url": manifest})
+    clear_records(dest_url)
+    return {"report_url": report, "manifest_url": manifest, "summary_url": join(folder, "summary.json")}
+
+
+def _run_id() -> str:
+    ctx = FlowRunContext.get()
+    name = ctx.flow_run.name if ctx and ctx.flow_run else "local"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{name}"
+
+
+def _lost_shard_records(shard: Shard, job: EnhanceJob, reason: str) -> list[dict[str, Any]]:
+    """Records for a shard whose task failed (e.g. its worker died): what it checkpointed, errors for the rest."""
+    saved = {r["input"]: r for r in read_jsonl(join(job.records_url, f"shard-{shard.index:05d}.jsonl"))}
+    out = []
+    for item in shard.items:
+        out.append(saved.get(item["rel"]) or {
+            "input": item["rel"], "output": item["output"], "status": "error", "reason": reason,
+            "input_size": item["size"], "input_version": item["version"], "shard": shard.index,
+            "model": job.model_id, "mode": job.mode, "settings": job.settings})
+    return out
+
+
+def run_shards(shards: list[Shard], job: EnhanceJob, cluster: ClusterInfo, progress: Progress, total: int,
+               already: int) -> tuple[list[dict[str, Any]], list[ShardResult], float]:
+    """Submit every shard through a DaskTaskRunner(address=...) and collect results as they finish."""
+    import dask
+    from prefect_dask import DaskTaskRunner
+
+    logger = get_run_logger()
+    records: list[dict[str, Any]] = []
+    results: list[ShardResult] = []
+    done = already
+    started = time.perf_counter()
+    with DaskTaskRunner(address=cluster.address) as runner:
+        annotate = dask.annotate(resources={"GPU": 1}) if cluster.use_gpu else contextlib.nullcontext()
+        with annotate:
+            futures = {runner.submit(enhance_shard, {"shard": shard, "job": job}): shard for shard in shards}
+        for future in as_completed(list(futures)):
+            shard = futures[future]
+            try:
+                result: ShardResult = future.result()
+                results.append(result)
+                shard_records = result.records
+            except Exception as exc:  # worker died (KilledWorker), task crashed: per-file records, not a failure
+                reason = f"shard {shard.index} failed: {type(exc).__name__}: {exc}"
+                logger.error(reason)
+                shard_records = _lost_shard_records(shard, job, reason)
+            records.extend(shard_records)
+            done += len(shard.items)
+            progress.update(done / total if total else 1.0)
+            _emit({"event": "shard", "done": done, "total": total, "shard": shard.index,
+                   "ok": sum(r["status"] == "ok" for r in shard_records),
+                   "error": sum(r["status"] == "error" for r in shard_records)})
+    return records, results, time.perf_counter() - started
+
+
+@flow(name="enhance-archive", description="Bulk-enhance every photo under a source URL into a destination URL.")
+def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
+    logger = get_run_logger()
+    t_start = time.perf_counter()
+    use_storage_block(params.storage_block)
+    registry = params.registry_url or default_registry()
+    model = resolve_model(params.model, registry)
+    entries = list_inputs(params.source_url, params.include, params.exclude, list(params.formats),
+                          params.include_hidden, [params.dest_url], params.storage_block)
+    destination = read_destination(params.dest_url, params.storage_block)
+    if destination["removed_temp_files"]:
+        logger.warning("removed %d temp files left by an interrupted run", len(destination["removed_temp_files"]))
+    settings = settings_key({"model": model.id, "mode": params.mode, "output_format": params.output_format,
+                             "quality": params.quality, "max_pixels": params.max_pixels})
+    the_plan: Plan = plan(entries, destination["state"], destination["sizes"], settings, params.output_format,
+                          params.overwrite)
+    run_id = _run_id()
+    total = the_plan.total
+    logger.info("%d photos under %s: %d to enhance, %d already done, %d refused; model %s, mode %s",
+                total, params.source_url, len(the_plan.todo), len(the_plan.skipped), len(the_plan.errors),
+                model.id, params.mode)
+    _emit({"event": "planned", "total": total, "todo": len(the_plan.todo), "skipped": len(the_plan.skipped)})
+    progress = Progress(f"Enhancing {params.source_url} -> {params.dest_url}")
+    done_before = len(the_plan.skipped) + len(the_plan.errors)
+    progress.update(done_before / total if total else 1.0)
+
+    records: list[dict[str, Any]] = list(the_plan.skipped) + list(the_plan.errors)
+    results: list[ShardResult] = []
+    shards: list[Shard] = []
+    phase_s, cluster_info = 0.0, None
+    if the_plan.todo:
+        with dask_cluster(params) as (cluster_info, client):
+            from tasks.models import EnhancerWarmup
+
+            logger.info("Dask %s at %s: %d workers (%d with GPU), %s torch threads each, ready in %.1f s",
+                        cluster_info.kind, cluster_info.address, cluster_info.workers, cluster_info.gpu_workers,
+                        cluster_info.torch_threads or "default", cluster_info.start_s)
+            client.register_plugin(EnhancerWarmup(model.uri, params.device, cluster_info.torch_threads,
+                                                  params.storage_block))
+            job = EnhanceJob(model_uri=model.uri, model_id=model.id, device=params.device, mode=params.mode,
+                             dest_url=params.dest_url, records_url=join(records_root(params.dest_url), run_id),
+                             output_format=params.output_format, quality=params.quality,
+                             max_pixels=params.max_pixels, torch_threads=cluster_info.torch_threads,
+                             settings=settings, storage_block=params.storage_block)
+            size = shard_size_for(len(the_plan.todo), cluster_info.workers, params.shard_size)
+            shards = make_shards(the_plan.todo, size, params.previews)
+            logger.info("%d shards of ~%d photos", len(shards), size)
+            new_records, results, phase_s = run_shards(shards, job, cluster_info, progress, total, done_before)
+            records.extend(new_records)
+
+    counts: dict[str, int] = {"ok": 0, "skipped": 0, "error": 0}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    enhanced = counts["ok"]
+    busy = sum(r.busy_s for r in results)
+    workers = cluster_info.workers if cluster_info else 0
+    summary: dict[str, Any] = {
+        "run_id": run_id, "source_url": params.source_url, "dest_url": params.dest_url, "model": model.id,
+        "model_uri": model.uri, "mode": params.mode, "settings": settings, "total": total, "counts": counts,
+        "shards": len(shards), "workers": workers, "cluster": cluster_info.kind if cluster_info else None,
+        "cluster_start_s": round(cluster_info.start_s, 2) if cluster_info else None,
+        "phase_s": round(phase_s, 2),
+        "photos_per_s": round(enhanced / phase_s, 3) if phase_s and enhanced else None,
+        "task_busy_s": round(busy, 2),
+        "overhead_per_shard_s": round((phase_s * workers - busy) / len(shards), 3) if shards and workers else None,
+        "model_wait_s": round(sum(r.model_wait_s for r in results), 2),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    urls = write_report(params.dest_url, run_id, records, destination["state"], summary | {
+        "total_s": round(time.perf_counter() - t_start, 2)})
+    summary |= urls
+    summary["total_s"] = round(time.perf_counter() - t_start, 2)
+
+    failures = sorted((r for r in records if r["status"] == "error"), key=lambda r: r["input"])
+    previews = [p for r in sorted(results, key=lambda r: r.index) for p in r.previews][: params.previews]
+    key = artifact_key("enhance", params.dest_url)
+    with contextlib.suppress(Exception):  # artifacts are reporting: never fail a finished run over them
+        counts_table(summary, key=f"{key}-counts", description=f"Counts and throughput, run {run_id}")
+        publish_summary(summary_markdown(f"Enhance run {run_id}", summary, failures, previews), key=key,
+                        description=f"{params.source_url} -> {params.dest_url}")
+    progress.update(1.0)
+    _emit({"event": "finished", "summary": summary})
+    message = (f"{counts['ok']} enhanced, {counts['skipped']} skipped, {counts['error']} failed "
+               f"of {total} photos")
+    logger.info("%s; report %s", message, summary["report_url"])
+    return Completed(message=message, data=summary)

@@ -1,0 +1,93 @@
+"""One Enhancer per worker process, keyed by (model URI, device); never shipped in the task graph.
+
+``get_enhancer`` is the per-process cache the shard tasks use. ``EnhancerWarmup`` is a Dask WorkerPlugin the
+flow registers (``client.register_plugin``) so every worker imports torch and loads the model in the
+background while the flow is still planning; the first shard then finds it ready (or waits for the load in
+progress instead of starting a second one). dpe_core/torch are imported lazily: importing this module does
+not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+log = logging.getLogger(__name__)
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_GUARD = threading.Lock()
+_THREADS: int | None = None
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when this process sees a GPU, else 'cpu'."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count once per process (Dask's nanny sets OMP_NUM_THREADS=1 by default)."""
+    global _THREADS
+    if threads and threads != _THREADS:
+        import torch
+
+        torch.set_num_threads(threads)
+        _THREADS = threads
+
+
+def get_enhancer(model_uri: str, device: str = "auto", threads: int | None = None):
+    """The process's Enhancer for (model_uri, device); loaded on first use, then reused by every task."""
+    set_torch_threads(threads)
+    key = (model_uri, resolve_device(device))
+    with _GUARD:
+        lock = _LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        if key not in _MODELS:
+            from dpe_core.inference import Enhancer
+
+            log.info("loading model %s on %s (pid %d)", model_uri, key[1], os.getpid())
+            _MODELS[key] = Enhancer.from_pretrained(model_uri, device=key[1])
+        return _MODELS[key]
+
+
+def loaded_models() -> list[tuple[str, str]]:
+    return list(_MODELS)
+
+
+class EnhancerWarmup(WorkerPlugin):
+    """Worker plugin: set torch threads and load the model in a background thread when a worker starts.
+
+    Registered per run with a name derived from the model and device, so a long-lived cluster serving several
+    runs keeps one plugin (and one loaded model) per model. Errors are logged, not raised: the shard task
+    loads the model itself and turns a failure into per-file records.
+    """
+
+    def __init__(self, model_uri: str, device: str = "auto", threads: int | None = None,
+                 storage_block: str | None = None):
+        self.model_uri = model_uri
+        self.device = device
+        self.threads = threads
+        self.storage_block = storage_block  # a block *name*: credentials are loaded on the worker
+        self.name = f"dpe-enhancer-{abs(hash((model_uri, device, threads))):x}"
+
+    def setup(self, worker) -> None:  # runs on the worker's event loop: do the slow part in a thread
+        def load() -> None:
+            try:
+                import prefect.task_engine  # noqa: F401  (the first task would pay this import otherwise)
+
+                from tasks.common import use_storage_block
+
+                use_storage_block(self.storage_block)
+                get_enhancer(self.model_uri, self.device, self.threads)
+            except Exception:  # the task reports it per file
+                log.exception("warm-up of model %s failed", self.model_uri)
+
+        threading.Thread(target=load, name="dpe-model-warmup", daemon=True).start()

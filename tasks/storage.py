@@ -1,0 +1,43 @@
+"""Storage tasks run in the flow process: list inputs, read the destination's state, write reports.
+
+Each retries with exponential backoff on transient storage errors only (a missing folder fails at once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from tasks.common import FileEntry, list_files, list_sizes, remove_stale_temp_files, use_storage_block
+from tasks.manifest import load_state
+from tasks.retry import is_transient_storage_error
+
+
+def retry_on_storage_error(task, task_run, state) -> bool:  # noqa: ARG001  (Prefect's signature)
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as error:  # result unavailable: be conservative
+        exc = error
+    return isinstance(exc, BaseException) and is_transient_storage_error(exc)
+
+
+STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+                   "retry_condition_fn": retry_on_storage_error}
+
+
+@task(name="list-inputs", **STORAGE_RETRIES)
+def list_inputs(source_url: str, include: list[str], exclude: list[str], formats: list[str] | None,
+                include_hidden: bool = False, skip_under: list[str] | None = None,
+                storage_block: str | None = None) -> list[FileEntry]:
+    use_storage_block(storage_block)
+    return list_files(source_url, include, exclude, formats, include_hidden, skip_under or [])
+
+
+@task(name="read-destination", **STORAGE_RETRIES)
+def read_destination(dest_url: str, storage_block: str | None = None) -> dict[str, Any]:
+    """The destination's state: manifest + unmerged shard records, file sizes, stale temp files removed."""
+    use_storage_block(storage_block)
+    removed = remove_stale_temp_files(dest_url)
+    return {"state": load_state(dest_url), "sizes": list_sizes(dest_url), "removed_temp_files": removed}

@@ -1,0 +1,100 @@
+"""The training task: one long task on a (GPU) worker wrapping dpe_core.training.train / export_model.
+
+Resumes from the newest checkpoint under the config's checkpoint_url (dpe_core does it); reports progress to
+the Prefect log and a progress artifact; evaluates; exports the model files when the run reached its last
+iteration. The registry index is updated by the flow (storage only, no torch there).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from tasks.common import use_storage_block
+
+
+def style_distance(result, limit: int = 16) -> dict[str, float]:
+    """Two-way runs have no paired targets: compare colour statistics (per-channel mean and std in RGB) of
+    G_X(source photos) and of the untouched sources with those of the reference photos. Lower is closer to
+    the reference look; the identity figure is the baseline the model should beat."""
+    import torch
+
+    from dpe_core.training.data import pad_to_square
+
+    data = result.data.train
+    if not hasattr(data, "reference"):
+        return {}
+    generator = result.step.enhancer
+    was_training = generator.training
+    generator.eval()
+    device = next(generator.parameters()).device
+
+    def stats(images: list[torch.Tensor]) -> torch.Tensor:
+        flat = torch.stack([torch.cat([im.mean(dim=(1, 2)), im.std(dim=(1, 2))]) for im in images])
+        return flat.mean(dim=0)
+
+    sources = data.source.images[:limit]
+    outputs = []
+    with torch.no_grad():
+        for image in sources:
+            _, h, w = image.shape
+            padded, _ = pad_to_square(image, data.source.size)
+            out = generator(padded[None].to(device), domain=0)[0, :, :h, :w].clamp(0, 1).cpu()
+            outputs.append(out)
+    generator.train(was_training)
+    reference = stats(data.reference.images[:limit])
+    return {"style_distance": float((stats(outputs) - reference).abs().mean()),
+            "style_distance_identity": float((stats(sources) - reference).abs().mean())}
+
+
+@task(name="train-model", task_run_name="train-{name}")
+def train_model(name: str, config: dict[str, Any], stop_after: int | None = None, export_uri: str | None = None,
+                version: str | None = None, card: dict[str, Any] | None = None,
+                storage_block: str | None = None) -> dict[str, Any]:
+    """Train (or resume) to config['steps']; export to export_uri when finished. Returns a small summary."""
+    from dpe_core.training import TrainConfig, export_model, train
+
+    use_storage_block(storage_block)
+    logger = get_run_logger()
+    cfg = TrainConfig.model_validate(config)
+    try:
+        progress_id = create_progress_artifact(progress=0.0, description=f"Training {name}: {cfg.steps} iterations")
+    except Exception:  # reporting only
+        progress_id = None
+    last = {"t": 0.0}
+
+    def on_progress(record: dict[str, Any]) -> None:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+        logger.info("iteration %s/%d %s", record.get("iteration"), cfg.steps, shown)
+        now = time.monotonic()
+        if progress_id is not None and (now - last["t"] > 2.0 or record.get("iteration") == cfg.steps):
+            last["t"] = now
+            try:
+                update_progress_artifact(progress_id, progress=100.0 * record["iteration"] / cfg.steps)
+            except Exception:
+                pass
+
+    result = train(cfg, progress=on_progress, stop_after=stop_after)
+    finished = result.iteration >= cfg.steps
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+    if finished:
+        metrics |= style_distance(result)
+    summary: dict[str, Any] = {
+        "iteration": result.iteration, "steps": cfg.steps, "finished": finished, "metrics": metrics,
+        "checkpoint": result.checkpoint, "resumed_from": result.resumed_from, "seconds": round(result.seconds, 2),
+        "history": result.history[-50:], "device": str(result.step.device),
+    }
+    if progress_id is not None and finished:
+        try:
+            update_progress_artifact(progress_id, progress=100.0)
+        except Exception:
+            pass
+    if finished and export_uri:
+        result.metrics = dict(result.metrics) | metrics
+        info = export_model(result, export_uri, name, version or "0", card=card)
+        summary["model_info"] = info.model_dump(mode="json")
+        logger.info("exported %s:%s to %s", name, version, export_uri)
+    return summary
