@@ -20,7 +20,7 @@ class GeneratorConfig(BaseModel):
     init_scale: float = Field(1e-3, description="Variance-scaling factor: small so the untrained net ~ identity.")
     global_pool: int = Field(
         8,
-        description="Adaptive average pool size before the VALID global conv; exact at train_size (8x8 after 6 halvings).",
+        description="Adaptive average pool before the VALID global conv; exact at 512 px (8x8 after 6 halvings).",
     )
 
 

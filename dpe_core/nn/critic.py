@@ -21,8 +21,14 @@ class Critic(nn.Module):
         super().__init__()
         self.config = config = config or CriticConfig()
         c = config.base_channels
-        plan = [(3, c, 3, 1), (c, 2 * c, 5, 2), (2 * c, 4 * c, 5, 2), (4 * c, 8 * c, 5, 2), (8 * c, 8 * c, 5, 2),
-                (8 * c, 8 * c, 5, 2)]
+        plan = [
+            (3, c, 3, 1),
+            (c, 2 * c, 5, 2),
+            (2 * c, 4 * c, 5, 2),
+            (4 * c, 8 * c, 5, 2),
+            (8 * c, 8 * c, 5, 2),
+            (8 * c, 8 * c, 5, 2),
+        ]
         self.convs = nn.ModuleList(SymmetricConv2d(i, o, k, s) for i, o, k, s in plan)
         self.norms = nn.ModuleList(nn.InstanceNorm2d(o, affine=True) for _, o, _, _ in plan)
         self.head = SymmetricConv2d(8 * c, 1, config.head_size, valid=True)

@@ -105,4 +105,3 @@ class GlobalUNetGenerator(nn.Module):
 def conv_parameter_count(module: nn.Module) -> int:
     """Number of conv weights and biases (the paper's 'parameters'; BN sets excluded)."""
     return sum(p.numel() for m in module.modules() if isinstance(m, nn.Conv2d) for p in m.parameters())
-

@@ -111,8 +111,9 @@ class IndividualBatchNorm2d(nn.Module):
 class ConvSeluBN(nn.Module):
     """Release block: symmetric-padded conv -> SELU -> iBN. ``forward`` also returns the raw conv output."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, bn_momentum: float = 0.1,
-                 bn_eps: float = 1e-5):
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, bn_momentum: float = 0.1, bn_eps: float = 1e-5
+    ):
         super().__init__()
         self.conv = SymmetricConv2d(in_ch, out_ch, kernel_size, stride)
         self.bn = IndividualBatchNorm2d(out_ch, bn_momentum, bn_eps)

@@ -72,7 +72,9 @@ def save_model(generator: GlobalUNetGenerator, uri: str, info: ModelInfo | None 
     return info
 
 
-def load_model(uri: str, map_location: str | torch.device = "cpu", **storage_options) -> tuple[GlobalUNetGenerator, ModelInfo]:
+def load_model(
+    uri: str, map_location: str | torch.device = "cpu", **storage_options
+) -> tuple[GlobalUNetGenerator, ModelInfo]:
     """Rebuild the generator from the sidecar and load its weights; eval mode. Raises ModelFileError."""
     weights_url, sidecar_url = resolve_model_uri(uri)
     for url, what in ((weights_url, "weights"), (sidecar_url, "JSON sidecar")):
@@ -81,7 +83,9 @@ def load_model(uri: str, map_location: str | torch.device = "cpu", **storage_opt
     try:
         info = ModelInfo.model_validate(json.loads(read_bytes(sidecar_url, **storage_options)))
     except (ValueError, TypeError) as exc:
-        raise ModelFileError(f"model {uri!r}: sidecar {sidecar_url} is not a valid dpe model description: {exc}") from exc
+        raise ModelFileError(
+            f"model {uri!r}: sidecar {sidecar_url} is not a valid dpe model description: {exc}"
+        ) from exc
     if info.format != MODEL_FORMAT:
         raise ModelFileError(f"model {uri!r}: sidecar format {info.format!r}, expected {MODEL_FORMAT!r}")
     blob = read_bytes(weights_url, **storage_options)
@@ -92,8 +96,11 @@ def load_model(uri: str, map_location: str | torch.device = "cpu", **storage_opt
     expected = generator.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
         raise ModelFileError(
             f"model {uri!r}: weights in {weights_url} do not fit the generator described by its sidecar: "
@@ -106,7 +113,9 @@ def load_model(uri: str, map_location: str | torch.device = "cpu", **storage_opt
 def safetensors_state(blob: bytes, where: str) -> dict[str, torch.Tensor]:
     """Parse safetensors bytes; anything else (a pickle, truncated file) raises ModelFileError naming where."""
     if len(blob) < 8 or blob[:2] in (b"\x80\x02", b"\x80\x04", b"\x80\x05") or blob[:2] == b"PK":
-        raise ModelFileError(f"{where} is not a safetensors file (pickled/zip checkpoints are refused: never unpickled)")
+        raise ModelFileError(
+            f"{where} is not a safetensors file (pickled/zip checkpoints are refused: never unpickled)"
+        )
     try:
         return load_safetensors(blob)
     except Exception as exc:  # safetensors raises its own error types

@@ -35,7 +35,7 @@ class Degradation:
         v = v * (1 - self.black_lift) + self.black_lift
         v = v.clamp(min=1e-6) ** self.gamma
         v = 0.5 + (v - 0.5) * self.contrast
-        luma = (0.299 * v[..., 0:1, :, :] + 0.587 * v[..., 1:2, :, :] + 0.114 * v[..., 2:3, :, :])
+        luma = 0.299 * v[..., 0:1, :, :] + 0.587 * v[..., 1:2, :, :] + 0.114 * v[..., 2:3, :, :]
         v = luma + (v - luma) * self.saturation
         return v.clamp(0, 1)
 

@@ -20,8 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", help="model URI to publish G_X to when training ends")
     parser.add_argument("--name", default="custom")
     parser.add_argument("--version", default="1")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                        help="override a top-level config field, e.g. --set steps=2000")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a top-level config field, e.g. --set steps=2000",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with open(args.config) as handle:

@@ -43,8 +43,9 @@ def checkpoint_urls(folder: str, iteration: int) -> tuple[str, str]:
     return stem + ".safetensors", stem + ".json"
 
 
-def save_checkpoint(step: GANStep, folder: str, extra: dict[str, Any] | None = None, keep: int | None = None,
-                    **storage_options) -> str:
+def save_checkpoint(
+    step: GANStep, folder: str, extra: dict[str, Any] | None = None, keep: int | None = None, **storage_options
+) -> str:
     """Save everything needed to resume bit-exactly; returns the sidecar URL. Keeps the newest `keep`."""
     tensors: dict[str, torch.Tensor] = {}
     for name, module in step.modules().items():
@@ -68,8 +69,9 @@ def save_checkpoint(step: GANStep, folder: str, extra: dict[str, Any] | None = N
         "extra": extra or {},
     }
     weights_url, sidecar_url = checkpoint_urls(folder, step.iteration)
-    write_bytes_atomic(weights_url, save_safetensors(tensors, metadata={"format": CHECKPOINT_FORMAT}),
-                       **storage_options)
+    write_bytes_atomic(
+        weights_url, save_safetensors(tensors, metadata={"format": CHECKPOINT_FORMAT}), **storage_options
+    )
     write_bytes_atomic(sidecar_url, json.dumps(sidecar, indent=2).encode(), **storage_options)
     if keep is not None:
         prune_checkpoints(folder, keep, **storage_options)
@@ -123,7 +125,7 @@ def load_checkpoint(step: GANStep, sidecar_url: str, **storage_options) -> dict:
         raise CheckpointError(f"{sidecar_url} holds a {sidecar['mode']} run, cannot resume a {step.config.mode} run")
     for name, module in step.modules().items():
         prefix = f"{name}."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
             module.load_state_dict(state)
         except RuntimeError as exc:

@@ -68,6 +68,9 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _check_data(self) -> TrainConfig:
         d = self.data
+        if self.mode != "supervised" and self.image_size < 64:
+            # Five stride-2 critic convs leave 1x1 at 32 px, where instance norm is undefined.
+            raise ValueError(f"GAN modes need image_size >= 64 (critic), got {self.image_size}")
         if self.mode == "two-way" and (d.source_url is None) != (d.reference_url is None):
             raise ValueError("two-way training needs both data.source_url and data.reference_url")
         if self.mode != "two-way" and d.input_url is not None and d.target_url is None:

@@ -138,7 +138,9 @@ class PairedData:
             raise ValueError(f"paired data needs as many inputs ({len(inputs)}) as targets ({len(targets)})")
         for a, b, ua, ub in zip(inputs.images, targets.images, inputs.urls, targets.urls, strict=True):
             if a.shape != b.shape:
-                raise ValueError(f"pair {ua} / {ub}: sizes differ after resizing ({tuple(a.shape)} vs {tuple(b.shape)})")
+                raise ValueError(
+                    f"pair {ua} / {ub}: sizes differ after resizing ({tuple(a.shape)} vs {tuple(b.shape)})"
+                )
         self.inputs, self.targets, self.augment = inputs, targets, augment
 
     def __len__(self) -> int:
@@ -189,6 +191,7 @@ def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
     scale = long_side / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     squeeze = image.ndim == 3
-    out = F.interpolate(image[None] if squeeze else image, size=size, mode="bilinear", antialias=True,
-                        align_corners=False)
+    out = F.interpolate(
+        image[None] if squeeze else image, size=size, mode="bilinear", antialias=True, align_corners=False
+    )
     return out[0] if squeeze else out

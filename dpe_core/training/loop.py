@@ -58,8 +58,10 @@ def build_data(config: TrainConfig) -> TrainingData:
         reference = list_images(d.reference_url, **so)
         if not source or not reference:
             raise ValueError(f"no photos under {d.source_url if not source else d.reference_url}")
-        return TrainingData(UnpairedData(PhotoSet(source, size, **so), PhotoSet(reference, size, **so), config.augment),
-                            train_urls=source + reference)
+        return TrainingData(
+            UnpairedData(PhotoSet(source, size, **so), PhotoSet(reference, size, **so), config.augment),
+            train_urls=source + reference,
+        )
     if d.degrade_url is not None:
         train_urls, holdout_urls = _split(list_images(d.degrade_url, **so), d.holdout, d.degrade_url)
         data = DegradedPairData(PhotoSet(train_urls, size, **so), config.augment, d.degrade_strength)
@@ -73,17 +75,26 @@ def build_data(config: TrainConfig) -> TrainingData:
     inputs = list_images(d.input_url, **so)
     targets = list_images(d.target_url, **so)
     names = {u.rsplit("/", 1)[-1].rsplit(".", 1)[0]: u for u in targets}
-    pairs = [(u, names[u.rsplit("/", 1)[-1].rsplit(".", 1)[0]]) for u in inputs
-             if u.rsplit("/", 1)[-1].rsplit(".", 1)[0] in names]
+    pairs = [
+        (u, names[u.rsplit("/", 1)[-1].rsplit(".", 1)[0]])
+        for u in inputs
+        if u.rsplit("/", 1)[-1].rsplit(".", 1)[0] in names
+    ]
     if not pairs:
         raise ValueError(f"no input under {d.input_url} has a target with the same name under {d.target_url}")
     train_pairs, holdout_pairs = _split(pairs, d.holdout, d.input_url)
-    data = PairedData(PhotoSet([a for a, _ in train_pairs], size, **so), PhotoSet([b for _, b in train_pairs], size, **so),
-                      config.augment)
+    data = PairedData(
+        PhotoSet([a for a, _ in train_pairs], size, **so),
+        PhotoSet([b for _, b in train_pairs], size, **so),
+        config.augment,
+    )
     eval_pairs = []
     if holdout_pairs:
-        held = PairedData(PhotoSet([a for a, _ in holdout_pairs], size, **so),
-                          PhotoSet([b for _, b in holdout_pairs], size, **so), augment=False)
+        held = PairedData(
+            PhotoSet([a for a, _ in holdout_pairs], size, **so),
+            PhotoSet([b for _, b in holdout_pairs], size, **so),
+            augment=False,
+        )
         eval_pairs = [held.pair(i) for i in range(len(held))]
     return TrainingData(data, eval_pairs, [a for a, _ in train_pairs], [a for a, _ in holdout_pairs])
 
@@ -119,8 +130,12 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def train(config: TrainConfig, progress: ProgressCallback | None = None, data: TrainingData | None = None,
-          stop_after: int | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    progress: ProgressCallback | None = None,
+    data: TrainingData | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
     """Run (or resume) training to config.steps iterations.
 
     Resumes from the newest checkpoint under config.checkpoint_url when one exists. ``stop_after`` ends the
@@ -161,15 +176,18 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, data: T
             if progress:
                 progress(record)
         if config.checkpoint_url and (it % config.checkpoint_every == 0 or it == config.steps):
-            last_checkpoint = save_checkpoint(step, config.checkpoint_url, extra={"metrics": metrics},
-                                              keep=config.keep_checkpoints, **so)
+            last_checkpoint = save_checkpoint(
+                step, config.checkpoint_url, extra={"metrics": metrics}, keep=config.keep_checkpoints, **so
+            )
     final = metrics | (evaluate(step.enhancer, data.eval_pairs) if data.eval_pairs else {})
-    return TrainResult(step.iteration, final, last_checkpoint, step, data, time.perf_counter() - started,
-                       resumed_from, history)
+    return TrainResult(
+        step.iteration, final, last_checkpoint, step, data, time.perf_counter() - started, resumed_from, history
+    )
 
 
-def export_model(result: TrainResult, uri: str, name: str, version: str, card: dict[str, Any] | None = None,
-                 **storage_options) -> ModelInfo:
+def export_model(
+    result: TrainResult, uri: str, name: str, version: str, card: dict[str, Any] | None = None, **storage_options
+) -> ModelInfo:
     """Publish the enhancer generator (G_X) of a run as a model file (safetensors + JSON sidecar)."""
     config = result.step.config
     info = ModelInfo(
@@ -181,7 +199,8 @@ def export_model(result: TrainResult, uri: str, name: str, version: str, card: d
             "config": config.model_dump(mode="json"),
             "train_photos": [u.rsplit("/", 1)[-1] for u in result.data.train_urls],
             "holdout_photos": [u.rsplit("/", 1)[-1] for u in result.data.holdout_urls],
-        } | (card or {}),
+        }
+        | (card or {}),
         metrics={k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
     )
     return save_model(result.step.enhancer, uri, info, **storage_options)

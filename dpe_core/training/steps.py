@@ -43,10 +43,14 @@ class GANStep:
     def __init__(self, config: TrainConfig, device: torch.device | str = "cpu"):
         self.config = config
         self.device = torch.device(device)
-        for name in self.generator_names:
-            setattr(self, name, build_generator(config.generator).to(self.device).train())
-        for name in self.critic_names:
-            setattr(self, name, build_critic(config.critic).to(self.device).train())
+        # Initial weights depend only on config.seed (a run is reproducible from its config), without
+        # disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            for name in self.generator_names:
+                setattr(self, name, build_generator(config.generator).to(self.device).train())
+            for name in self.critic_names:
+                setattr(self, name, build_critic(config.critic).to(self.device).train())
         adam = {"lr": config.lr, "betas": config.betas}
         self.opt_g = torch.optim.Adam([p for n in self.generator_names for p in getattr(self, n).parameters()], **adam)
         self.opt_d = (
@@ -97,8 +101,9 @@ class GANStep:
     def generator_phase(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
 
-    def _critic_update(self, pairs: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]],
-                       rng: torch.Generator) -> dict[str, float]:
+    def _critic_update(
+        self, pairs: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]], rng: torch.Generator
+    ) -> dict[str, float]:
         """pairs: (lambda name, critic, real, fake). Wasserstein + lambda * penalty per critic, one Adam step."""
         self.opt_d.zero_grad(set_to_none=True)
         total = 0.0
@@ -147,8 +152,12 @@ class TwoWayGANStep(GANStep):
         loss = adversarial + c.identity_weight * identity + c.cycle_weight * cycle
         loss.backward()
         self.opt_g.step()
-        return {"loss_generator": float(loss.detach()), "adversarial": float(adversarial.detach()),
-                "identity_mse": float(identity.detach()), "cycle_mse": float(cycle.detach())}
+        return {
+            "loss_generator": float(loss.detach()),
+            "adversarial": float(adversarial.detach()),
+            "identity_mse": float(identity.detach()),
+            "cycle_mse": float(cycle.detach()),
+        }
 
 
 class OneWayGANStep(GANStep):
@@ -170,8 +179,11 @@ class OneWayGANStep(GANStep):
         loss = adversarial + self.config.content_weight * content
         loss.backward()
         self.opt_g.step()
-        return {"loss_generator": float(loss.detach()), "adversarial": float(adversarial.detach()),
-                "content_mse": float(content.detach())}
+        return {
+            "loss_generator": float(loss.detach()),
+            "adversarial": float(adversarial.detach()),
+            "content_mse": float(content.detach()),
+        }
 
 
 class SupervisedStep(GANStep):
