@@ -8,7 +8,6 @@ dihedral transforms, applied identically to both images of a pair. Sampling is a
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 from collections.abc import Sequence
@@ -17,43 +16,33 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
-from dpe_core.io.storage import filesystem, read_bytes
+from dpe_core.io import read_photo
+from dpe_core.io.storage import join_url, list_files
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.quality.degradations import Degradation, random_degradation
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".mpo")
 
 
 def list_images(url: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, **storage_options) -> list[str]:
-    """Sorted full URLs of the image files directly or recursively under a folder URL (or a glob pattern)."""
-    fs, path = filesystem(url, **storage_options)
-    if any(ch in path for ch in "*?["):
-        found = fs.glob(path)
-    else:
-        found = fs.find(path)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    urls = sorted(p for p in found if p.lower().endswith(tuple(extensions)))
-    if protocol in ("file", "local"):
-        return urls
-    return [f"{protocol}://{p}" for p in urls]
+    """Sorted full URLs of the photos under a folder URL (recursively), by extension."""
+    return [join_url(url, rel) for rel in list_files(url, "**", extensions=extensions, **storage_options)]
 
 
 def load_rgb(url: str, long_side: int | None = None, **storage_options) -> torch.Tensor:
-    """Decode a photo (orientation applied once) to [3,H,W] float32 in [0,1], long side resized to long_side."""
-    data = read_bytes(url, **storage_options)
-    with Image.open(io.BytesIO(data)) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        if long_side is not None:
-            scale = long_side / max(im.size)
-            if scale < 1.0:  # never upsample training photos
-                size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-                im = im.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        array = np.asarray(im, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    """Decode a photo with dpe_core.io (orientation applied once) -> [3,H,W] float32 in [0,1].
+
+    The long side is reduced to long_side (antialiased) when larger; photos are never upsampled.
+    """
+    photo = read_photo(url, **storage_options)
+    scale = 65535.0 if photo.pixels.dtype == np.uint16 else 255.0
+    image = torch.from_numpy(photo.pixels.astype(np.float32) / scale).permute(2, 0, 1).contiguous()
+    if long_side is not None and max(image.shape[1:]) > long_side:
+        image = resize_long_side(image, long_side).clamp(0, 1)
+    return image
 
 
 def pad_to_square(image: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
