@@ -29,7 +29,7 @@ def test_benchmark_degradations_are_fixed_by_seed():
 
 def test_psnr_ssim_ciede_on_known_differences():
     a = torch.full((3, 8, 8), 0.5)
-    assert psnr(a, a + 0.1) == pytest.approx(20.0, abs=1e-6)  # MSE 0.01
+    assert psnr(a, a + 0.1) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01 (float32 inputs)
     img = np.random.default_rng(0).random((32, 32, 3))
     assert ssim(img, img) == pytest.approx(1.0)
     assert ciede2000(img, img) == pytest.approx(0.0, abs=1e-9)
