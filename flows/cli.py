@@ -123,11 +123,14 @@ def _run_flow(flow_fn, params) -> Any:
 
 
 def _finish(state, what: str) -> dict[str, Any]:
+    """The flow's result, or exit: 2 when it refused its configuration (pydantic validation), else 3."""
     if not state.is_completed():
         console.print(f"[red]{what} failed:[/red] {state.message}")
-        with contextlib.suppress(Exception):
-            state.result()
-        raise typer.Exit(EXIT_RUN_FAILED)
+        try:
+            error = state.result(raise_on_failure=False)
+        except Exception as exc:  # the result may be unavailable
+            error = exc
+        raise typer.Exit(EXIT_USAGE if isinstance(error, ValidationError) else EXIT_RUN_FAILED)
     return state.result()
 
 
@@ -146,7 +149,7 @@ def enhance(
     overwrite: bool = typer.Option(False, help="Redo photos already recorded as done."),
     include: list[str] = typer.Option(["*"], "--include", help="Glob on relative paths (repeatable)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Glob to leave out (repeatable)."),
-    formats: list[str] = typer.Option(["jpeg", "png", "tiff", "webp", "heic"], "--format",
+    formats: list[str] = typer.Option(["jpeg", "png", "tiff", "webp", "heic", "mpo"], "--format",
                                               help="Input formats (repeatable)."),
     output_format: OutputFormat = typer.Option("same", help="Output format."),
     quality: int = typer.Option(95, help="JPEG/WebP/HEIF quality."),
@@ -254,7 +257,7 @@ def ingest(
     max_pixels: int = typer.Option(120_000_000, help="Reject larger photos."),
     include: list[str] = typer.Option(["*"], "--include"),
     exclude: list[str] = typer.Option([], "--exclude"),
-    formats: list[str] = typer.Option(["jpeg", "png", "tiff", "webp", "heic"], "--format"),
+    formats: list[str] = typer.Option(["jpeg", "png", "tiff", "webp", "heic", "mpo"], "--format"),
     workers: int | None = typer.Option(None),
     dask_address: str | None = typer.Option(None),
     shard_size: int | None = typer.Option(None),

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Mode = Literal["full", "paper", "tiled"]
 Device = Literal["auto", "cpu", "cuda"]
-InputFormat = Literal["jpeg", "png", "tiff", "webp", "heic", "bmp", "mpo"]
+InputFormat = Literal["jpeg", "png", "tiff", "webp", "heic", "mpo"]
 OutputFormat = Literal["same", "jpeg", "png", "tiff", "webp"]
 TrainMode = Literal["two-way", "one-way", "supervised"]
 
@@ -58,7 +58,7 @@ Formats = Annotated[list[InputFormat], Field(min_length=1, description="Input fo
 IncludeHidden = Annotated[bool, Field(description="Also pick up hidden files (names starting with '.').")]
 StorageBlock = Annotated[str | None, Field(
     description='Name of a Prefect Secret block with fsspec options (JSON per protocol, e.g. {"s3": {"key": ...}}).')]
-DEFAULT_FORMATS: list[InputFormat] = ["jpeg", "png", "tiff", "webp", "heic"]
+DEFAULT_FORMATS: list[InputFormat] = ["jpeg", "png", "tiff", "webp", "heic", "mpo"]
 
 
 class ClusterParams(BaseModel):

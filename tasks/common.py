@@ -28,10 +28,9 @@ FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "tiff": (".tif", ".tiff"),
     "webp": (".webp",),
     "heic": (".heic", ".heif"),
-    "bmp": (".bmp",),
     "mpo": (".mpo",),
 }
-DEFAULT_FORMATS = ("jpeg", "png", "tiff", "webp", "heic")
+DEFAULT_FORMATS = ("jpeg", "png", "tiff", "webp", "heic", "mpo")
 TMP_PREFIX = ".dpe-tmp-"  # dpe_core.io.storage.write_bytes_atomic's local temp files
 STATE_DIR = ".dpe"  # bookkeeping folder inside a destination: manifest, shard records, run reports
 

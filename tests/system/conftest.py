@@ -60,6 +60,9 @@ def prefect_server(tmp_path_factory):
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is still up
     finally:
         if saved is None:
             os.environ.pop("PREFECT_API_URL", None)
@@ -95,3 +98,10 @@ def cli_env(prefect_server, s3_endpoint, tmp_path):
 def dpe_command(*args: str) -> list[str]:
     """The `dpe` console script of this environment."""
     return [str(Path(sys.executable).parent / "dpe"), *args]
+
+
+@pytest.fixture(scope="session")
+def model_ref(tmp_path_factory) -> str:
+    from tests.tasks.helpers import model_for_tests
+
+    return model_for_tests(tmp_path_factory.mktemp("model"))

@@ -37,7 +37,7 @@ def flow_run_artifacts(flow_run_id) -> list:
             any_=[flow_run_id])))
 
 
-def test_enhance_local_folder_then_rerun_does_no_work(dask_address, testdata, tmp_path):
+def test_enhance_local_folder_then_rerun_does_no_work(dask_address, model_ref, testdata, tmp_path):
     from flows.enhance import enhance_archive
     from flows.params import EnhanceParams
 
@@ -45,7 +45,7 @@ def test_enhance_local_folder_then_rerun_does_no_work(dask_address, testdata, tm
     originals = sha256_files(src)
     dst = tmp_path / "enhanced"
     params = EnhanceParams(source_url=str(src), dest_url=str(dst), dask_address=dask_address, shard_size=4,
-                           registry_url=str(tmp_path / "registry"))
+                           model=model_ref, registry_url=str(tmp_path / "registry"))
     state = enhance_archive(params, return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
@@ -88,7 +88,7 @@ def _run_cli(args: list[str], env: dict, timeout: float = 600) -> subprocess.Com
     return subprocess.run(dpe_command(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def test_enhance_s3_to_s3_from_a_flow_process_without_torch(dask_address, cli_env, testdata, tmp_path):
+def test_enhance_s3_to_s3_from_a_flow_process_without_torch(dask_address, cli_env, model_ref, testdata, tmp_path):
     import fsspec
 
     fs = fsspec.filesystem("s3")
@@ -100,7 +100,7 @@ def test_enhance_s3_to_s3_from_a_flow_process_without_torch(dask_address, cli_en
     script = ("import sys\nfrom flows.cli import app\ncode = 0\ntry:\n    app(sys.argv[1:])\n"
               "except SystemExit as exc:\n    code = exc.code\nprint('TORCH_IMPORTED', 'torch' in sys.modules)\n"
               "sys.exit(code)\n")
-    args = ["s3://photos/archive", "s3://photos/enhanced", "--dask-address", dask_address, "--mode", "paper",
+    args = ["s3://photos/archive", "s3://photos/enhanced", "--dask-address", dask_address, "--model", model_ref,
             "--registry", str(tmp_path / "registry"), "--json"]
     done = subprocess.run([sys.executable, "-c", script, "enhance", *args], env=cli_env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
@@ -131,14 +131,14 @@ def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_killed_run_resumes_without_duplicates_or_partial_files(cli_env, testdata, tmp_path):
+def test_killed_run_resumes_without_duplicates_or_partial_files(cli_env, model_ref, testdata, tmp_path):
     files = ARCHIVE | {f"natural/{n}": f"natural/{n}" for n in ("kpa_pool.jpg", "kpa_snow.jpg", "kpa_skagen.jpg",
                                                                  "kpa_wayne.jpg", "kpa_donna.jpg", "egret.jpg")}
     src = make_folder(tmp_path / "archive", testdata, files)
     originals = sha256_files(src)
     dst = tmp_path / "enhanced"
-    args = ["enhance", str(src), str(dst), "--workers", "2", "--shard-size", "1", "--mode", "paper", "--registry",
-            str(tmp_path / "registry")]
+    args = ["enhance", str(src), str(dst), "--workers", "2", "--shard-size", "1", "--mode", "paper", "--model",
+            model_ref, "--registry", str(tmp_path / "registry")]
     # The flow process starts its own 2-worker cluster; kill it (SIGKILL, by its handle) once two shards have
     # recorded their photos and while others are still being enhanced.
     process = subprocess.Popen(dpe_command(*args), env=cli_env, cwd=REPO, stdout=subprocess.PIPE,
@@ -179,14 +179,15 @@ def test_killed_run_resumes_without_duplicates_or_partial_files(cli_env, testdat
     assert sha256_files(src) == originals
 
 
-def test_corrupt_files_are_reported_and_exit_code_is_1_with_an_embedded_server(cli_env, testdata, tmp_path):
+def test_corrupt_files_are_reported_and_exit_code_is_1_with_an_embedded_server(cli_env, model_ref, testdata,
+                                                                                tmp_path):
     """Zero configuration: no PREFECT_API_URL, so `dpe` starts (and stops) its own Prefect server."""
     good = {k: v for k, v in ARCHIVE.items() if k.startswith("2004/")}
     src = make_folder(tmp_path / "mixed", testdata, good | CORRUPT)
     dst = tmp_path / "out"
     env = {k: v for k, v in cli_env.items() if k != "PREFECT_API_URL"}
     done = _run_cli(["enhance", str(src), str(dst), "--workers", "2", "--mode", "paper", "--json",
-                     "--registry", str(tmp_path / "registry")], env)
+                     "--model", model_ref, "--registry", str(tmp_path / "registry")], env)
     assert done.returncode == 1, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["counts"] == {"ok": len(good), "skipped": 0, "error": len(CORRUPT)}

@@ -1,0 +1,100 @@
+"""The enhance shard's behaviour without a cluster: per-file records, atomic writes, failures as records."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tasks.common import list_files, read_jsonl
+from tasks.enhance import EnhanceJob, Shard, process_shard
+from tasks.manifest import plan
+from tests.tasks.helpers import ARCHIVE, CORRUPT, make_folder, sha256_files
+
+
+def _shard(src: Path, dest: Path, previews: int = 0, output_format: str = "same") -> Shard:
+    todo = plan(list_files(str(src)), {}, {}, "s", output_format).todo
+    return Shard(index=7, items=[w.to_dict() for w in todo], previews=previews)
+
+
+def _job(dest: Path, model: str, **kw) -> EnhanceJob:
+    return EnhanceJob(model_uri=model, model_id="m", mode=kw.pop("mode", "paper"), dest_url=str(dest),
+                      records_url=str(dest / ".dpe" / "records" / "run"), settings="s", **kw)
+
+
+def test_shard_writes_outputs_and_one_record_per_file_even_when_files_fail(tmp_path, testdata, model_ref):
+    files = {k: v for k, v in ARCHIVE.items() if k.startswith(("2004/", "scans/"))} | CORRUPT
+    src = make_folder(tmp_path / "src", testdata, files)
+    originals = sha256_files(src)
+    dest = tmp_path / "out"
+    result = process_shard(_shard(src, dest, previews=2), _job(dest, model_ref, torch_threads=1))
+
+    assert sorted(r["input"] for r in result.records) == sorted(files)
+    by_input = {r["input"]: r for r in result.records}
+    for rel in CORRUPT:
+        assert by_input[rel]["status"] == "error" and rel in by_input[rel]["reason"]
+        assert not (dest / rel).exists()
+    for rel in set(files) - set(CORRUPT):
+        record = by_input[rel]
+        assert record["status"] == "ok", record
+        assert record["output_size"] == (dest / rel).stat().st_size
+        assert record["shard"] == 7 and record["model"] == "m" and record["settings"] == "s"
+    assert result.counts == {"ok": len(files) - len(CORRUPT), "error": len(CORRUPT)}
+    assert len(result.previews) == 2 and result.previews[0]["before"] and result.previews[0]["after"]
+    # The shard's records are on storage as soon as it ends (the source of truth if the flow dies).
+    saved = read_jsonl(str(dest / ".dpe" / "records" / "run" / "shard-00007.jsonl"))
+    assert sorted(r["input"] for r in saved) == sorted(files)
+    assert not [p for p in dest.rglob("*") if p.name.startswith(".dpe-tmp-")]
+    assert sha256_files(src) == originals
+
+
+def test_output_format_conversion_names_and_encodes_the_new_format(tmp_path, testdata, model_ref):
+    src = make_folder(tmp_path / "src", testdata, {"a/chelsea.png": "natural/chelsea.png",
+                                                   "stereo.mpo": "camera/nintendo3ds_stereo.mpo"})
+    dest = tmp_path / "out"
+    result = process_shard(_shard(src, dest, output_format="jpeg"), _job(dest, model_ref, output_format="jpeg"))
+    assert {r["output"] for r in result.records} == {"a/chelsea.jpg", "stereo.jpg"}
+    assert (dest / "a" / "chelsea.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+    same = process_shard(_shard(src, tmp_path / "same"), _job(tmp_path / "same", model_ref))
+    assert {r["output"] for r in same.records} == {"a/chelsea.png", "stereo.jpg"}  # MPO is written as JPEG
+    assert (tmp_path / "same" / "a" / "chelsea.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unloadable_model_fails_each_file_with_the_reason(tmp_path, testdata):
+    src = make_folder(tmp_path / "src", testdata, {"x.jpg": "camera/canon_s40.jpg", "y.jpg": "camera/iphone4s_gps.jpg"})
+    (tmp_path / "model.safetensors").write_bytes(b"\x80\x04 not safetensors")
+    (tmp_path / "model.json").write_text("{}")
+    dest = tmp_path / "out"
+    result = process_shard(_shard(src, dest), _job(dest, str(tmp_path / "model.safetensors")))
+    assert {r["status"] for r in result.records} == {"error"}
+    assert all("could not be loaded" in r["reason"] for r in result.records)
+    assert not (dest / "x.jpg").exists()
+
+
+def test_a_write_that_fails_is_a_per_file_error_and_leaves_no_partial_file(tmp_path, testdata, model_ref):
+    if os.geteuid() == 0:
+        blocked_parent = True  # root ignores permissions: block the folder with a file instead
+    else:
+        blocked_parent = False
+    src = make_folder(tmp_path / "src", testdata, {"ok/a.jpg": "camera/canon_s40.jpg",
+                                                   "blocked/b.jpg": "camera/iphone4s_gps.jpg"})
+    dest = tmp_path / "out"
+    dest.mkdir()
+    if blocked_parent:
+        (dest / "blocked").write_bytes(b"a file where the output folder should be")
+    else:
+        (dest / "blocked").mkdir()
+        os.chmod(dest / "blocked", 0o500)
+    result = process_shard(_shard(src, dest), _job(dest, model_ref))
+    by_input = {r["input"]: r for r in result.records}
+    assert by_input["ok/a.jpg"]["status"] == "ok"
+    assert by_input["blocked/b.jpg"]["status"] == "error" and "Error" in by_input["blocked/b.jpg"]["reason"]
+    assert not [p for p in dest.rglob("*") if p.name.startswith(".dpe-tmp-")]
+
+
+def test_pipelined_and_sequential_shards_give_the_same_bytes(tmp_path, testdata, model_ref):
+    files = {k: v for k, v in ARCHIVE.items() if k.startswith("2011/")}
+    src = make_folder(tmp_path / "src", testdata, files)
+    a, b = tmp_path / "a", tmp_path / "b"
+    process_shard(_shard(src, a), _job(a, model_ref, prefetch=True, mode="full"))
+    process_shard(_shard(src, b), _job(b, model_ref, prefetch=False, mode="full"))
+    assert sha256_files(a / "2011") == sha256_files(b / "2011")
