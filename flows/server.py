@@ -63,17 +63,23 @@ class LocalServer:
     def ui_url(self) -> str:
         return self.api_url[: -len("/api")] if self.api_url.endswith("/api") else self.api_url
 
-    def stop(self, grace_s: float = 15.0) -> None:
+    def stop(self, grace_s: float = 15.0, keep_log: bool = False) -> None:
+        """Terminate (then kill after grace_s); the log file is removed after a clean stop unless keep_log."""
+        clean = True
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(grace_s)
             except subprocess.TimeoutExpired:
+                clean = False
                 self.process.kill()
                 self.process.wait(10)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+            if clean and not keep_log and self.log_path is not None:
+                with contextlib.suppress(OSError):
+                    self.log_path.unlink()
 
     def __enter__(self) -> LocalServer:
         return self
@@ -115,14 +121,14 @@ def start_local_server(home: str | Path, port: int | None = None, host: str = "1
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            server.stop()
+            server.stop(keep_log=True)
             raise ServerError(f"Prefect server exited with {process.returncode}; log: {log_path}\n"
                               f"{log_path.read_text(errors='replace')[-2000:]}")
         if healthy(api_url, timeout=1.0):
             server.start_s = time.perf_counter() - started
             return server
         time.sleep(0.25)
-    server.stop()
+    server.stop(keep_log=True)
     raise ServerError(f"Prefect server not healthy after {timeout_s:.0f} s; log: {log_path}")
 
 

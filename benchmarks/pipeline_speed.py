@@ -1,0 +1,190 @@
+"""End-to-end throughput of `dpe enhance` (Prefect + Dask) against a bare single-process loop, same photos, same run.
+
+    python benchmarks/pipeline_speed.py [--photos DIR] [--modes paper full] [--workers 1 2] [--model default]
+
+For each mode: the bare loop (read -> decode -> Enhancer -> encode -> atomic write, one process, torch using every
+core) runs before and after the `dpe enhance` runs (1 and 2 local workers), so the ratio is against the mean of two
+bare runs measured around it. Printed per run: photos/s in the enhance phase (from the first shard submitted to the
+last one finished; start-up excluded), the ratio to the bare loop, the end-to-end wall time of the `dpe` process,
+and the start-up costs reported separately: Prefect server (fresh database and existing database), Dask cluster,
+model load. An orchestration probe (one tiny photo per shard) measures Prefect+Dask overhead per shard.
+
+Only ratios from one run are comparable: other processes on the machine slow every figure (the load average is
+printed before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_PHOTOS = Path(os.environ.get("DPE_TESTDATA", REPO.parent / "shared" / "testdata")) / "natural"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".heic")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import psutil
+
+    mem = psutil.virtual_memory().total / 2**30
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout.strip()
+        gpu = f"; GPUs: {out.count('GPU ')}" if out else ""
+    return (f"{cpu}; {os.cpu_count()} logical cores; {mem:.0f} GiB{gpu}; Python {platform.python_version()}; "
+            f"load avg {os.getloadavg()[0]:.2f}")
+
+
+def bare_loop(src: str, dst: str, mode: str, model: str) -> dict:
+    """The baseline: one process, one photo after another, torch with its default threads (all cores)."""
+    import torch
+
+    from dpe_core.inference import Enhancer
+    from dpe_core.io import decode_photo, encode_photo
+    from dpe_core.io.storage import read_bytes, write_bytes_atomic
+
+    files = sorted(p for p in Path(src).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    t0 = time.perf_counter()
+    enhancer = Enhancer.from_pretrained(model)
+    load_s = time.perf_counter() - t0
+    ok = 0
+    t0 = time.perf_counter()
+    for path in files:
+        try:
+            photo = decode_photo(read_bytes(str(path)), path.name)
+            out = enhancer.enhance(photo, mode=mode)
+            write_bytes_atomic(str(Path(dst) / path.relative_to(src)), encode_photo(out))
+            ok += 1
+        except Exception as exc:  # same policy as the pipeline: count, go on
+            print(f"bare loop: {path.name}: {exc}", file=sys.stderr)
+    seconds = time.perf_counter() - t0
+    return {"photos": ok, "seconds": seconds, "photos_per_s": ok / seconds, "model_load_s": load_s,
+            "threads": torch.get_num_threads()}
+
+
+def run_bare(src: str, mode: str, model: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="dpe-bench-bare-") as dst:
+        done = subprocess.run([sys.executable, __file__, "--bare", src, dst, mode, model], capture_output=True,
+                              text=True, cwd=REPO, check=False)
+        if done.returncode:
+            raise RuntimeError(f"bare loop failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_dpe(src: str, mode: str, model: str, workers: int, env: dict, extra: list[str] = ()) -> dict:
+    with tempfile.TemporaryDirectory(prefix="dpe-bench-out-") as dst:
+        command = [str(Path(sys.executable).parent / "dpe"), "enhance", src, dst, "--mode", mode, "--model", model,
+                   "--workers", str(workers), "--json", *extra]
+        t0 = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, check=False)
+        wall = time.perf_counter() - t0
+        if done.returncode not in (0, 1):
+            raise RuntimeError(f"dpe enhance failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        summary = json.loads(done.stdout)
+        summary["wall_s"] = wall
+        return summary
+
+
+def tiny_folder(root: Path, count: int, photos: Path) -> Path:
+    """count copies of the smallest photo: work per shard ~0, what is left is orchestration."""
+    candidates = [p for p in photos.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+    smallest = min(candidates, key=lambda p: p.stat().st_size)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        shutil.copyfile(smallest, root / f"tiny-{i:03d}{smallest.suffix}")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="folder of real photos (read only)")
+    parser.add_argument("--modes", nargs="+", default=["paper", "full"])
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--probe-shards", type=int, default=24, help="shards in the orchestration probe (0: skip)")
+    parser.add_argument("--bare", nargs=4, metavar=("SRC", "DST", "MODE", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bare:
+        print(json.dumps(bare_loop(*args.bare)))
+        return 0
+
+    sys.path.insert(0, str(REPO))
+    from flows.server import start_local_server
+
+    photos = Path(args.photos)
+    count = sum(1 for p in photos.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    print(f"machine: {machine()}")
+    print(f"photos: {count} files under {photos} ({sum(p.stat().st_size for p in photos.rglob('*')) / 1e6:.0f} MB); "
+          f"model {args.model}")
+    home = Path(tempfile.mkdtemp(prefix="dpe-bench-home-"))
+    try:
+        server = start_local_server(home, services=False)
+        fresh_s = server.start_s
+        server.stop()
+        server = start_local_server(home, services=False)
+        print(f"start-up: Prefect server {fresh_s:.1f} s (new database), {server.start_s:.1f} s (existing database)")
+        env = dict(os.environ) | {"PREFECT_API_URL": server.api_url, "DPE_HOME": str(home / "dpe"),
+                                  "PREFECT_HOME": str(home / "client")}
+        rows = []
+        try:
+            for mode in args.modes:
+                before = run_bare(str(photos), mode, args.model)
+                runs = [(w, run_dpe(str(photos), mode, args.model, w, env)) for w in args.workers]
+                after = run_bare(str(photos), mode, args.model)
+                bare = (before["photos_per_s"] + after["photos_per_s"]) / 2
+                rows.append((mode, f"bare loop ({before['threads']} torch threads)", bare, 1.0,
+                             before["seconds"] + before["model_load_s"], None, None, None, None,
+                             f"{before['photos_per_s']:.3f} / {after['photos_per_s']:.3f} before/after; "
+                             f"model load {before['model_load_s']:.1f} s"))
+                for workers, s in runs:
+                    n = s["counts"]["ok"]
+                    rate = n / s["phase_s"] if s["phase_s"] else 0.0
+                    rows.append((mode, f"dpe enhance, {workers} worker{'s' if workers > 1 else ''}", rate, rate / bare,
+                                 s["wall_s"], s["cluster_start_s"], s["overhead_per_shard_s"], s["shards"],
+                                 s["model_wait_s"], f"{s['counts']['error']} failed; flow total {s['total_s']} s"))
+            if args.probe_shards:
+                with tempfile.TemporaryDirectory(prefix="dpe-bench-tiny-") as tiny:
+                    src = tiny_folder(Path(tiny) / "src", args.probe_shards, photos)
+                    s = run_dpe(str(src), "paper", args.model, 2, env, ["--shard-size", "1"])
+                    busy_per_shard = s["task_busy_s"] / max(1, s["shards"])
+                    rows.append(("probe", f"{s['shards']} shards x 1 tiny photo, 2 workers", s["shards"] / s["phase_s"],
+                                 None, s["wall_s"], s["cluster_start_s"], s["overhead_per_shard_s"], s["shards"],
+                                 s["model_wait_s"], f"work inside a shard {busy_per_shard:.3f} s"))
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    print()
+    header = ("mode", "runner", "photos/s", "vs bare", "wall s", "cluster start s", "overhead/shard s", "shards",
+              "model wait s", "notes")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [f"{c:.3f}" if isinstance(c, float) else ("" if c is None else str(c)) for c in row]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print("photos/s: enhance phase only (dpe: first shard submitted -> last finished, model loading on the workers "
+          "overlaps it; bare: the loop, model load excluded). wall s: the whole `dpe` process (Python start, flow, "
+          "cluster start, model load, report) or the bare loop incl. model load. overhead/shard: (phase x workers - "
+          "time inside the tasks) / shards, idle tail included.")
+    print(f"load avg after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
