@@ -1,0 +1,455 @@
+"""Enhancer: model file -> enhanced photos at any resolution, one at a time or in batches.
+
+    enhancer = Enhancer.from_pretrained("default")          # bundled name, or any fsspec URI of a model file
+    out = enhancer.enhance(image, mode="full")               # same kind, size and dtype as `image`
+    outs = enhancer.enhance_batch([a, b, c], mode="full")
+
+Images: numpy HxWx3 / HxWx4 / HxW (uint8, uint16, float32/float64 in [0,1]), PIL images, torch tensors [3,H,W] or
+[B,3,H,W] (float in [0,1]), Photo objects (anything with ``.pixels`` and ``.with_pixels``; alpha rides along
+untouched), or a str / PathLike path or URL (read with dpe_core.io.read_photo; returns a Photo). The result has
+the input's kind, dtype and (except mode="paper") size; alpha is never enhanced and is reattached bit-exactly.
+
+Modes and their trade-offs (the network is trained at 512 px; photos are 12-100 MP):
+
+``full`` (default): guided upsampling. The net runs once at the working size (512 px long side, symmetric-padded
+    to 512x512 like training); a local affine colour transform (3x4 per pixel, guided-filter regression with the
+    colour guide, radius 2 px at 512, eps 1e-4) is fitted from the 512-px input to the 512-px output, upsampled
+    bilinearly and applied to the full-resolution pixels in strips (dpe_core.guided). Output at the input's exact
+    size; edges, texture and noise are the original's, colour and tone are the net's. Cost: one 512-px forward plus
+    a few operations per pixel, memory bounded (strips) at any size. What it cannot carry: changes that are not
+    locally affine in colour at a 2-5 px scale of the 512 image (local contrast/sharpening the net might add;
+    colour changes within a window that the 3 input channels cannot predict).
+``paper``: the release's protocol: resize the long side to 512, symmetric-pad bottom/right to 512x512, run,
+    crop. Output at 512 px long side. The reference for what the network itself does; not a full-size output.
+``tiled``: the original demo, kept as the fidelity reference: the global feature is computed once at 512; the
+    local path runs on the photo at full size (long side capped at ``tiled_max_side`` = 2048 like the demo;
+    ``None`` runs at full size) in tiles of ``tile_size`` with a receptive-field-sized margin (tile borders cropped;
+    the result equals a whole-image forward), with every k x k kernel enlarged to r*(k-1)+1 taps for
+    r = round(max(h, w)/512) (``tiled_kernels="resize"``: the demo's resized kernels; ``"dilate"``: dilated kernels,
+    r^2 cheaper). When the photo is larger than the cap, the enhancement (output - input at the capped size) is
+    upsampled bilinearly and added to the full-resolution photo, so the output keeps the input's size. Cost grows
+    like (pixels at the capped size) x r^2 (r^4 with resized kernels): hundreds of 512-px forwards.
+
+Performance (measured numbers: benchmarks/enhance_speed.py):
+- the net runs as a FoldedGenerator (batch norm and SELU scale folded into the next conv, exact), under
+  ``torch.inference_mode``, batched (``batch_size``), channels_last when ``channels_last`` (default: on CUDA only),
+  autocast bf16 (fp16 where bf16 is unsupported) on CUDA (``amp``), ``torch.compile`` when ``compile=True`` (off
+  by default: on CPU it costs ~1 min of compilation per process for ~1.5x);
+- the full-resolution apply of ``full`` is one fused loop when compiled (``compile_apply="auto"``: on CPU, compiled
+  the first time a photo of at least ``compile_min_pixels`` arrives; inductor caches the kernel on disk), eager
+  otherwise (GPUs: memory-bound either way);
+- ``threads`` sets torch's intra-op threads (process-wide); None keeps torch's default (one per physical core).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from dpe_core.guided import (
+    DEFAULT_EPS,
+    DEFAULT_RADIUS,
+    DEFAULT_STRIP_PIXELS,
+    EAGER,
+    PixelSource,
+    StripKernel,
+    apply_affine,
+    area_downscale,
+    fit_affine,
+    resize_plane,
+    working_size,
+)
+from dpe_core.inference_graph import ALIGN, FoldedGenerator, enlarged_rate, tile_margin
+from dpe_core.nn.generator import GlobalUNetGenerator
+from dpe_core.nn.layers import symmetric_pad
+from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["full", "paper", "tiled"]
+MODES: tuple[str, ...] = ("full", "paper", "tiled")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar", ".zip", ".h5", ".npz")
+
+
+class EnhancerOptions(BaseModel):
+    """How an Enhancer runs (per instance; the mode is chosen per call)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    working_size: int | None = Field(None, ge=16, description="Net input square; None: the model's train_size.")
+    batch_size: int = Field(4, ge=1, description="Images per forward at the working size.")
+    domain: int = Field(0, ge=0, le=1, description="iBN set: 0 = real photos (always, for enhancement).")
+    channels_last: bool | None = Field(None, description="None: on CUDA only (slower on CPU here, see benchmark).")
+    compile: bool = Field(False, description="torch.compile the net (CPU: ~1 min compile per process, ~1.5x).")
+    compile_apply: Literal["auto", "on", "off"] = "auto"
+    compile_min_pixels: int = Field(8_000_000, description="'auto' compiles the CPU apply from this photo size.")
+    amp: bool | None = Field(None, description="Autocast bf16/fp16 on CUDA; None: on for CUDA, never on CPU.")
+    threads: int | None = Field(None, ge=1, description="torch.set_num_threads (process-wide); None: default.")
+    guided_radius: int = Field(DEFAULT_RADIUS, ge=1, description="Window radius at the working size (px).")
+    guided_eps: float = Field(DEFAULT_EPS, gt=0)
+    strip_pixels: int = Field(DEFAULT_STRIP_PIXELS, ge=1024, description="Full-res pixels per strip.")
+    tile_size: int = Field(1024, ge=ALIGN, description="Tiled mode: tile core side (rounded to 16).")
+    tiled_max_side: int | None = Field(2048, ge=64, description="Tiled mode: long-side cap (the demo's 2048).")
+    tiled_kernels: Literal["resize", "dilate"] = "resize"
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _have_compiler() -> bool:
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+@dataclass
+class _Job:
+    """One image on its way through the Enhancer."""
+
+    src: PixelSource
+    finish: Callable[[Any], Any]  # storage result (numpy/tensor, or None for tensors) -> the caller's kind
+    low: torch.Tensor | None = None  # [3,h,w] in [0,1] at the working size
+    net_out: torch.Tensor | None = None  # [3,h,w] net output (unclipped)
+    global_vector: torch.Tensor | None = None  # [128,1,1] (tiled)
+
+
+class Enhancer:
+    """Enhance photos with a generator at any resolution (see the module docstring for modes and options)."""
+
+    def __init__(
+        self,
+        generator: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor],
+        info: ModelInfo | None = None,
+        device: str | torch.device = "auto",
+        **options: Any,
+    ):
+        self.options = opts = EnhancerOptions(**options)
+        self.device = pick_device(device)
+        self.info = info
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        on_cuda = self.device.type == "cuda"
+        self.channels_last = on_cuda if opts.channels_last is None else opts.channels_last
+        self.amp_dtype: torch.dtype | None = None
+        if on_cuda and opts.amp is not False:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.generator = generator if isinstance(generator, GlobalUNetGenerator) else None
+        if self.generator is not None:
+            self.generator.eval()
+            train_size = self.generator.config.train_size
+            net: Any = FoldedGenerator(self.generator, opts.domain, channels_last=self.channels_last).to(self.device)
+        else:  # any callable x [B,3,S,S] -> [B,3,S,S]: paper and full modes only
+            train_size = 512
+            net = generator.to(self.device).eval() if isinstance(generator, torch.nn.Module) else generator
+        self.working = opts.working_size or train_size
+        self.train_size = train_size
+        self.net = net
+        self._forward = torch.compile(net, options={"freezing": True} if not on_cuda else None) if opts.compile else net
+        self._enlarged: dict[int, FoldedGenerator] = {}
+        self._apply_kernel: Callable | None = None
+        self._apply_compile_failed = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        uri: str = "default",
+        device: str | torch.device = "auto",
+        *,
+        storage_options: dict | None = None,
+        **options: Any,
+    ) -> Enhancer:
+        """Load a model file (safetensors + JSON sidecar; any fsspec URI or a bundled name such as "default").
+
+        Anything else (pickled checkpoints, wrong shapes, missing sidecar, garbage) raises ModelFileError naming
+        the file. ``options``: see EnhancerOptions.
+        """
+        text = os.fspath(uri) if isinstance(uri, os.PathLike) else str(uri)
+        if text.lower().endswith(PICKLE_SUFFIXES):
+            raise ModelFileError(
+                f"model {text!r}: pickled/archived checkpoints are refused (never unpickled); "
+                "export a safetensors model with dpe_core.nn.save_model"
+            )
+        try:
+            generator, info = load_model(text, map_location="cpu", **(storage_options or {}))
+        except ModelFileError:
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelFileError(f"model {text!r}: cannot be loaded: {exc}") from exc
+        return cls(generator, info, device=device, **options)
+
+    # ------------------------------------------------------------------ public API
+    def enhance(self, image: Any, mode: Mode = "full") -> Any:
+        """Enhance one image; returns the same kind (and size, except mode="paper") as given.
+
+        A [B,3,H,W] tensor is a batch and returns [B,3,H,W].
+        """
+        if isinstance(image, torch.Tensor) and image.ndim == 4:
+            outs = self.enhance_batch(list(image), mode)
+            return torch.stack(outs)
+        return self.enhance_batch([image], mode)[0]
+
+    def enhance_batch(self, images: Sequence[Any], mode: Mode = "full") -> list[Any]:
+        """Enhance several images; the working-size forwards are batched (batch_size at a time)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        jobs = [self._job(image) for image in images]
+        with torch.inference_mode():
+            for job in jobs:
+                h, w = working_size(job.src.height, job.src.width, self.working)
+                job.low = area_downscale(job.src, (h, w), self.device, self.options.strip_pixels)
+            self._run_working(jobs, global_only=(mode == "tiled"))
+            return [job.finish(self._finish(job, mode)) for job in jobs]
+
+    # ------------------------------------------------------------------ stages
+    def _run_working(self, jobs: list[_Job], global_only: bool) -> None:
+        """Pad every working-size image to the working square, run the net in batches, crop."""
+        s = self.working
+        bs = self.options.batch_size
+        for start in range(0, len(jobs), bs):
+            chunk = jobs[start : start + bs]
+            batch = torch.stack([symmetric_pad(j.low, (0, s - j.low.shape[2], 0, s - j.low.shape[1])) for j in chunk])
+            if global_only:
+                if not isinstance(self.net, FoldedGenerator):
+                    raise ValueError("mode='tiled' needs a GlobalUNetGenerator (the global/local split)")
+                with self._autocast():
+                    g = self.net.global_feature(batch).float()
+                for j, gv in zip(chunk, g, strict=True):
+                    j.global_vector = gv
+                continue
+            with self._autocast():
+                out = self._forward(batch)
+            out = out.float()
+            for j, o in zip(chunk, out, strict=True):
+                j.net_out = o[:, : j.low.shape[1], : j.low.shape[2]]
+
+    def _finish(self, job: _Job, mode: str) -> Any:
+        if mode == "paper":
+            return _to_storage(job.net_out, job.src)
+        if mode == "full":
+            coeffs = fit_affine(job.low[None], job.net_out[None], self._radius(), self.options.guided_eps)[0]
+            return apply_affine(job.src, coeffs, self.device, self.options.strip_pixels, self._kernel_for(job.src))
+        return self._tiled(job)
+
+    def _radius(self) -> int:
+        return max(1, round(self.options.guided_radius * self.working / 512))
+
+    def _tiled(self, job: _Job) -> Any:
+        opts, src = self.options, job.src
+        big_h, big_w = src.height, src.width
+        cap = opts.tiled_max_side
+        if cap is not None and max(big_h, big_w) > cap:
+            ht, wt = working_size(big_h, big_w, cap)
+            x = area_downscale(src, (ht, wt), self.device, opts.strip_pixels)
+        else:
+            ht, wt = big_h, big_w
+            x = (src.read_float(0, big_h, self.device) / src.max_value).permute(2, 0, 1).contiguous()
+        rate = enlarged_rate(ht, wt, self.train_size)
+        net = self._enlarged_net(rate)
+        margin = tile_margin(rate)
+        core = ALIGN * max(1, opts.tile_size // ALIGN)
+        if ht * wt <= (core + 2 * margin) ** 2:  # the whole image fits in one tile's budget
+            ys, xs = [(0, ht)], [(0, wt)]
+        else:
+            ys = [(y, min(ht, y + core)) for y in range(0, ht, core)]
+            xs = [(x0, min(wt, x0 + core)) for x0 in range(0, wt, core)]
+        out = torch.empty_like(x)
+        g = job.global_vector[None]
+        for y0, y1 in ys:
+            for x0, x1 in xs:
+                ey0, ey1 = max(0, y0 - margin), min(ht, y1 + margin)
+                ex0, ex1 = max(0, x0 - margin), min(wt, x1 + margin)
+                with self._autocast():
+                    res = net(x[None, :, ey0:ey1, ex0:ex1], global_vector=g)
+                out[:, y0:y1, x0:x1] = res[0, :, y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0].float()
+        if (ht, wt) == (big_h, big_w):
+            return _to_storage(out, src)
+        # Capped: add the bilinearly upsampled enhancement (out - x at the capped size) to the full-size photo,
+        # as an affine field with A = identity and b = the enhancement.
+        coeffs = torch.zeros((12, ht, wt), dtype=torch.float32, device=self.device)
+        for c in range(3):
+            coeffs[5 * c] = 1.0
+        coeffs[3::4] = out - x
+        return apply_affine(src, coeffs, self.device, opts.strip_pixels, self._kernel_for(src))
+
+    def _enlarged_net(self, rate: int) -> FoldedGenerator:
+        if rate not in self._enlarged:
+            if self.generator is None:
+                raise ValueError("mode='tiled' needs a GlobalUNetGenerator (kernel enlargement)")
+            self._enlarged[rate] = FoldedGenerator(
+                self.generator,
+                self.options.domain,
+                rate=rate,
+                kernels=self.options.tiled_kernels,
+                channels_last=self.channels_last,
+            ).to(self.device)
+        return self._enlarged[rate]
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _kernel_for(self, src: PixelSource) -> Callable:
+        """The per-strip apply: compiled on CPU for large photos (see compile_apply), eager otherwise."""
+        mode = self.options.compile_apply
+        if mode == "off" or self._apply_compile_failed:
+            return EAGER
+        if mode == "auto" and (
+            self.device.type != "cpu"
+            or src.height * src.width < self.options.compile_min_pixels
+            or not _have_compiler()
+        ):
+            return EAGER
+        if self._apply_kernel is None:
+            self._apply_kernel = _checked_compile(self)
+        return self._apply_kernel
+
+    def __repr__(self) -> str:
+        name = f"{self.info.name}@{self.info.version}" if self.info else type(self.net).__name__
+        return f"Enhancer({name}, device={self.device}, working={self.working}, batch={self.options.batch_size})"
+
+    # ------------------------------------------------------------------ input kinds
+    def _job(self, image: Any) -> _Job:
+        if isinstance(image, (str, os.PathLike)):
+            from dpe_core.io import read_photo  # lazy: the core path does not need the photo IO stack
+
+            image = read_photo(os.fspath(image))
+        if hasattr(image, "pixels") and hasattr(image, "with_pixels"):
+            photo = image
+            return _Job(PixelSource(np.asarray(photo.pixels)), lambda out: photo.with_pixels(out))
+        if isinstance(image, torch.Tensor):
+            return _tensor_job(image)
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover
+            Image = None
+        if Image is not None and isinstance(image, Image.Image):
+            return _pil_job(image)
+        if isinstance(image, np.ndarray):
+            return _array_job(image)
+        raise TypeError(
+            f"cannot enhance {type(image).__name__}: expected a numpy array, PIL image, tensor, Photo, or a path/URL"
+        )
+
+
+# ---------------------------------------------------------------------- helpers (module level: no state)
+def _checked_compile(owner: Enhancer) -> Callable:
+    """The compiled strip kernel, falling back to the eager one (same numbers) if compilation fails."""
+    compiled = StripKernel(compiled=True)
+
+    def run(*args):
+        if not owner._apply_compile_failed:
+            try:
+                return compiled(*args)
+            except Exception as exc:  # no working compiler, inductor limitation...: eager computes the same
+                log.warning("compiled apply kernel unavailable (%s: %s); using the eager one", type(exc).__name__, exc)
+                owner._apply_compile_failed = True
+        return EAGER(*args)
+
+    return run
+
+
+def _to_storage(values: torch.Tensor, like: PixelSource) -> Any:
+    """[3,h,w] float in [0,1] (unclipped) -> the source's storage at that size (numpy HxWx3 / tensor [3,h,w])."""
+    v = values.float().clamp(0, 1)
+    if isinstance(like.data, torch.Tensor):
+        return v.to(like.data.device)
+    hwc = v.permute(1, 2, 0)
+    if like.is_integer:
+        top = like.max_value
+        ints = (hwc * top + 0.5).floor_().clamp_(0, top).to(torch.int32).cpu().numpy()
+        return ints.astype(like.data.dtype)
+    return hwc.cpu().numpy().astype(np.float32)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma of HxWx3, same dtype as given (rounded for integers)."""
+    y = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if np.issubdtype(rgb.dtype, np.integer):
+        return np.clip(np.rint(y), 0, np.iinfo(rgb.dtype).max).astype(rgb.dtype)
+    return y.astype(rgb.dtype)
+
+
+def _reattach_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    if alpha.shape[:2] != rgb.shape[:2]:
+        alpha = resize_plane(alpha, rgb.shape[:2])
+    return np.concatenate([rgb, alpha[:, :, None].astype(rgb.dtype, copy=False)], axis=2)
+
+
+def _array_job(array: np.ndarray) -> _Job:
+    """numpy HxW / HxWx3 / HxWx4 (uint8, uint16, float32, float64)."""
+    if array.ndim == 2:
+        gray = array
+        return _Job(PixelSource(np.repeat(gray[:, :, None], 3, axis=2)), lambda out: _luma(out).astype(gray.dtype))
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {array.shape}")
+    if array.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise ValueError(f"pixels must be uint8, uint16, float32 or float64, got {array.dtype}")
+    dtype = array.dtype
+    if array.shape[2] == 4:
+        alpha = array[:, :, 3].copy()
+        rgb = np.ascontiguousarray(array[:, :, :3])
+        return _Job(PixelSource(rgb), lambda out: _reattach_alpha(out.astype(dtype, copy=False), alpha))
+    return _Job(PixelSource(array), lambda out: out.astype(dtype, copy=False))
+
+
+def _pil_job(image: Any) -> _Job:
+    """PIL image: RGB(A), L(A), 16-bit gray (I;16) keep their mode; other modes come back as RGB(A)."""
+    from PIL import Image
+
+    info = dict(image.info)
+    mode = image.mode
+
+    def wrap(array: np.ndarray, out_mode: str) -> Image.Image:
+        out = Image.fromarray(array, out_mode) if out_mode != "I;16" else Image.fromarray(array)
+        out.info.update(info)
+        return out
+
+    if mode in ("RGB", "RGBA"):
+        job = _array_job(np.asarray(image))
+        return _Job(job.src, lambda out: wrap(job.finish(out), mode))
+    if mode in ("L", "LA"):
+        array = np.asarray(image)
+        gray = array if mode == "L" else array[:, :, 0]
+        alpha = None if mode == "L" else array[:, :, 1].copy()
+
+        def finish_gray(out: np.ndarray) -> Image.Image:
+            y = _luma(out)
+            if alpha is None:
+                return wrap(y, "L")
+            a = alpha if alpha.shape == y.shape else resize_plane(alpha, y.shape)
+            return wrap(np.stack([y, a], axis=2), "LA")
+
+        return _Job(PixelSource(np.repeat(gray[:, :, None], 3, axis=2)), finish_gray)
+    if mode.startswith("I;16"):
+        gray = np.asarray(image).astype(np.uint16)
+        return _Job(PixelSource(np.repeat(gray[:, :, None], 3, axis=2)), lambda out: wrap(_luma(out), "I;16"))
+    has_alpha = "A" in mode or "transparency" in info
+    target = "RGBA" if has_alpha else "RGB"
+    info.pop("transparency", None)
+    job = _array_job(np.asarray(image.convert(target)))
+    return _Job(job.src, lambda out: wrap(job.finish(out), target))
+
+
+def _tensor_job(tensor: torch.Tensor) -> _Job:
+    """torch [3,H,W] float in [0,1] (any device) -> [3,H,W] float32 on the same device."""
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"expected a [3,H,W] or [B,3,H,W] tensor, got {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise ValueError(f"tensors must be float in [0,1], got {tensor.dtype}")
+    dtype = tensor.dtype
+    return _Job(PixelSource(tensor.detach()), lambda out: out.to(dtype))
+
+
+__all__ = ["MODES", "Enhancer", "EnhancerOptions", "Mode", "ModelFileError", "pick_device"]
