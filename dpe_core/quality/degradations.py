@@ -2,7 +2,7 @@
 
 Each degradation is a smooth global function of the pixel values, applied at any resolution with a fixed
 seed, so "enhance(degrade(photo)) vs photo" is a paired benchmark on real photos without expert retouching.
-Parameters are drawn from ranges typical of badly exposed / badly white-balanced phone and camera shots.
+Parameters are drawn from ranges typical of under-exposed, flat, hazy, dull or colour-cast shots.
 """
 
 from __future__ import annotations
@@ -41,20 +41,26 @@ class Degradation:
 
 
 def random_degradation(rng: random.Random, strength: float = 1.0) -> Degradation:
-    """Draw one degradation; strength in [0,1] scales every parameter's distance from the identity."""
+    """Draw one degradation of the kind that makes a photo need enhancement.
+
+    The ranges are one-sided where real defects are: under-exposure (-1 to +0.3 stops), darker mid-tones
+    (gamma 2^-0.15 to 2^0.5), flat contrast (0.6-1.05), dull colour (saturation 0.5-1.05), haze / washed-out
+    blacks (lift 0-0.1); colour casts go both ways (red/blue gains 0.85-1.15). A family symmetric around the
+    identity would make the correction unpredictable from the photo (as likely too bright as too dark).
+    strength in [0,2] scales every parameter's distance from the identity.
+    """
     s = strength
 
-    def around(center: float, spread: float) -> float:
-        return center + rng.uniform(-spread, spread) * s
+    def towards(low: float, high: float, neutral: float) -> float:
+        return neutral + (rng.uniform(low, high) - neutral) * s
 
-    wb_r, wb_b = around(1.0, 0.15), around(1.0, 0.15)
     return Degradation(
-        exposure_stops=around(0.0, 0.8),
-        gamma=2.0 ** around(0.0, 0.45),
-        contrast=around(1.0, 0.3),
-        saturation=around(1.0, 0.4),
-        white_balance=(wb_r, 1.0, wb_b),
-        black_lift=max(0.0, rng.uniform(-0.05, 0.08) * s),
+        exposure_stops=towards(-1.0, 0.3, 0.0),
+        gamma=2.0 ** towards(-0.15, 0.5, 0.0),
+        contrast=towards(0.6, 1.05, 1.0),
+        saturation=towards(0.5, 1.05, 1.0),
+        white_balance=(towards(0.85, 1.15, 1.0), 1.0, towards(0.85, 1.15, 1.0)),
+        black_lift=towards(0.0, 0.1, 0.0),
     )
 
 
