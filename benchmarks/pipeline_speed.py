@@ -112,7 +112,7 @@ def tiny_folder(root: Path, count: int, photos: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="folder of real photos (read only)")
-    parser.add_argument("--modes", nargs="+", default=["paper", "full"])
+    parser.add_argument("--modes", nargs="*", default=["paper", "full"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--model", default="default")
     parser.add_argument("--probe-shards", type=int, default=24, help="shards in the orchestration probe (0: skip)")
@@ -147,41 +147,44 @@ def main(argv: list[str] | None = None) -> int:
                 after = run_bare(str(photos), mode, args.model)
                 bare = (before["photos_per_s"] + after["photos_per_s"]) / 2
                 rows.append((mode, f"bare loop ({before['threads']} torch threads)", bare, 1.0,
-                             before["seconds"] + before["model_load_s"], None, None, None, None,
+                             before["seconds"] + before["model_load_s"], None, None, None, None, None,
                              f"{before['photos_per_s']:.3f} / {after['photos_per_s']:.3f} before/after; "
                              f"model load {before['model_load_s']:.1f} s"))
                 for workers, s in runs:
                     n = s["counts"]["ok"]
                     rate = n / s["phase_s"] if s["phase_s"] else 0.0
                     rows.append((mode, f"dpe enhance, {workers} worker{'s' if workers > 1 else ''}", rate, rate / bare,
-                                 s["wall_s"], s["cluster_start_s"], s["overhead_per_shard_s"], s["shards"],
-                                 s["model_wait_s"], f"{s['counts']['error']} failed; flow total {s['total_s']} s"))
+                                 s["wall_s"], s["cluster_start_s"], s["overhead_per_shard_s"], s["idle_per_shard_s"],
+                                 s["shards"], s["model_load_s"],
+                                 f"{s['counts']['error']} failed; flow total {s['total_s']} s"))
             if args.probe_shards:
                 with tempfile.TemporaryDirectory(prefix="dpe-bench-tiny-") as tiny:
                     src = tiny_folder(Path(tiny) / "src", args.probe_shards, photos)
                     s = run_dpe(str(src), "paper", args.model, 2, env, ["--shard-size", "1"])
                     busy_per_shard = s["task_busy_s"] / max(1, s["shards"])
                     rows.append(("probe", f"{s['shards']} shards x 1 tiny photo, 2 workers", s["shards"] / s["phase_s"],
-                                 None, s["wall_s"], s["cluster_start_s"], s["overhead_per_shard_s"], s["shards"],
-                                 s["model_wait_s"], f"work inside a shard {busy_per_shard:.3f} s"))
+                                 None, s["wall_s"], s["cluster_start_s"], s["overhead_per_shard_s"],
+                                 s["idle_per_shard_s"], s["shards"], s["model_load_s"],
+                                 f"work inside a shard {busy_per_shard:.3f} s"))
         finally:
             server.stop()
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
     print()
-    header = ("mode", "runner", "photos/s", "vs bare", "wall s", "cluster start s", "overhead/shard s", "shards",
-              "model wait s", "notes")
+    header = ("mode", "runner", "photos/s", "vs bare", "wall s", "cluster start s", "overhead/shard s",
+              "idle/shard s", "shards", "model load s", "notes")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         cells = [f"{c:.3f}" if isinstance(c, float) else ("" if c is None else str(c)) for c in row]
         print("| " + " | ".join(cells) + " |")
     print()
-    print("photos/s: enhance phase only (dpe: first shard submitted -> last finished, model loading on the workers "
-          "overlaps it; bare: the loop, model load excluded). wall s: the whole `dpe` process (Python start, flow, "
-          "cluster start, model load, report) or the bare loop incl. model load. overhead/shard: (phase x workers - "
-          "time inside the tasks) / shards, idle tail included.")
+    print("photos/s: enhance phase only (dpe: first shard submitted -> last finished, after the model is loaded on "
+          "every worker; bare: the loop, model load excluded). wall s: the whole `dpe` process (Python start, flow, "
+          "cluster start, model load, report) or the bare loop incl. model load. overhead/shard: mean gap between "
+          "one shard's end and the next shard's start on the same worker (Prefect + Dask per task); idle/shard: "
+          "(phase x workers - time inside the tasks) / shards, waiting for the last shards included.")
     print(f"load avg after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -63,7 +63,9 @@ def counts_table(summary: dict[str, Any], key: str | None, description: str) -> 
         {"metric": "photos/s (enhance phase)", "value": summary.get("photos_per_s")},
         {"metric": "enhance phase (s)", "value": summary.get("phase_s")},
         {"metric": "cluster start (s)", "value": summary.get("cluster_start_s")},
+        {"metric": "model load on the workers (s)", "value": summary.get("model_load_s")},
         {"metric": "orchestration overhead per shard (s)", "value": summary.get("overhead_per_shard_s")},
+        {"metric": "idle worker time per shard incl. tail (s)", "value": summary.get("idle_per_shard_s")},
         {"metric": "run total (s)", "value": summary.get("total_s")},
     ]
     create_table_artifact(table=rows, key=key, description=description)

@@ -123,14 +123,17 @@ def _run_flow(flow_fn, params) -> Any:
 
 
 def _finish(state, what: str) -> dict[str, Any]:
-    """The flow's result, or exit: 2 when it refused its configuration (pydantic validation), else 3."""
+    """The flow's result, or exit: 2 when it refused its configuration (validation, unknown model), else 3."""
     if not state.is_completed():
         console.print(f"[red]{what} failed:[/red] {state.message}")
         try:
             error = state.result(raise_on_failure=False)
         except Exception as exc:  # the result may be unavailable
             error = exc
-        raise typer.Exit(EXIT_USAGE if isinstance(error, ValidationError) else EXIT_RUN_FAILED)
+        from tasks.registry import ModelNotFound
+
+        usage = isinstance(error, ValidationError | ModelNotFound)
+        raise typer.Exit(EXIT_USAGE if usage else EXIT_RUN_FAILED)
     return state.result()
 
 

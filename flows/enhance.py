@@ -89,6 +89,19 @@ def write_report(dest_url: str, run_id: str, records: list[dict[str, Any]], stat
     return {"report_url": report, "manifest_url": manifest, "summary_url": join(folder, "summary.json")}
 
 
+def dispatch_gaps(results: list[ShardResult]) -> list[float]:
+    """Seconds between one shard's end and the next shard's start on the same worker: what Prefect and Dask
+    cost per task (task-run bookkeeping on both sides, scheduling, result transfer), work excluded."""
+    by_worker: dict[str, list[ShardResult]] = {}
+    for r in results:
+        by_worker.setdefault(r.worker, []).append(r)
+    gaps = []
+    for runs in by_worker.values():
+        runs.sort(key=lambda r: r.started)
+        gaps += [b.started - a.finished for a, b in zip(runs, runs[1:], strict=False)]
+    return gaps
+
+
 def _run_id() -> str:
     ctx = FlowRunContext.get()
     name = ctx.flow_run.name if ctx and ctx.flow_run else "local"
@@ -170,16 +183,24 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
     records: list[dict[str, Any]] = list(the_plan.skipped) + list(the_plan.errors)
     results: list[ShardResult] = []
     shards: list[Shard] = []
-    phase_s, cluster_info = 0.0, None
+    phase_s, cluster_info, model_load_s = 0.0, None, None
     if the_plan.todo:
         with dask_cluster(params) as (cluster_info, client):
-            from tasks.models import EnhancerWarmup
+            from tasks.models import EnhancerWarmup, wait_for_warmup
 
             logger.info("Dask %s at %s: %d workers (%d with GPU), %s torch threads each, ready in %.1f s",
                         cluster_info.kind, cluster_info.address, cluster_info.workers, cluster_info.gpu_workers,
                         cluster_info.torch_threads or "default", cluster_info.start_s)
-            client.register_plugin(EnhancerWarmup(model.uri, params.device, cluster_info.torch_threads,
-                                                  params.storage_block))
+            plugin = EnhancerWarmup(model.uri, params.device, cluster_info.torch_threads, params.storage_block)
+            t_model = time.perf_counter()
+            client.register_plugin(plugin)
+            warm = wait_for_warmup(client, plugin)
+            model_load_s = time.perf_counter() - t_model
+            failed = {w: s["error"] for w, s in warm.items() if s["error"]}
+            if failed:
+                logger.error("model %s failed to load on %d workers: %s", model.uri, len(failed),
+                             next(iter(failed.values())))
+            logger.info("model %s loaded on %d workers in %.1f s", model.id, len(warm), model_load_s)
             job = EnhanceJob(model_uri=model.uri, model_id=model.id, device=params.device, mode=params.mode,
                              dest_url=params.dest_url, records_url=join(records_root(params.dest_url), run_id),
                              output_format=params.output_format, quality=params.quality,
@@ -196,6 +217,7 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     enhanced = counts["ok"]
     busy = sum(r.busy_s for r in results)
+    gaps = dispatch_gaps(results)
     workers = cluster_info.workers if cluster_info else 0
     summary: dict[str, Any] = {
         "run_id": run_id, "source_url": params.source_url, "dest_url": params.dest_url, "model": model.id,
@@ -205,7 +227,9 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
         "phase_s": round(phase_s, 2),
         "photos_per_s": round(enhanced / phase_s, 3) if phase_s and enhanced else None,
         "task_busy_s": round(busy, 2),
-        "overhead_per_shard_s": round((phase_s * workers - busy) / len(shards), 3) if shards and workers else None,
+        "overhead_per_shard_s": round(sum(gaps) / len(gaps), 3) if gaps else None,
+        "idle_per_shard_s": round((phase_s * workers - busy) / len(shards), 3) if shards and workers else None,
+        "model_load_s": round(model_load_s, 2) if model_load_s is not None else None,
         "model_wait_s": round(sum(r.model_wait_s for r in results), 2),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -19,6 +20,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 log = logging.getLogger(__name__)
 
 _MODELS: dict[tuple[str, str], Any] = {}
+_WARMUPS: dict[str, dict[str, Any]] = {}  # plugin name -> {"done": bool, "error": str | None, "seconds": float}
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _GUARD = threading.Lock()
 _THREADS: int | None = None
@@ -79,7 +81,12 @@ class EnhancerWarmup(WorkerPlugin):
         self.name = f"dpe-enhancer-{abs(hash((model_uri, device, threads))):x}"
 
     def setup(self, worker) -> None:  # runs on the worker's event loop: do the slow part in a thread
+        status = _WARMUPS.setdefault(self.name, {"done": False, "error": None, "seconds": 0.0})
+        if status["done"]:
+            return
+
         def load() -> None:
+            started = time.perf_counter()
             try:
                 import prefect.task_engine  # noqa: F401  (the first task would pay this import otherwise)
 
@@ -87,7 +94,29 @@ class EnhancerWarmup(WorkerPlugin):
 
                 use_storage_block(self.storage_block)
                 get_enhancer(self.model_uri, self.device, self.threads)
-            except Exception:  # the task reports it per file
+            except Exception as exc:  # the shard task reports it per file
                 log.exception("warm-up of model %s failed", self.model_uri)
+                status["error"] = f"{type(exc).__name__}: {exc}"
+            status["seconds"] = time.perf_counter() - started
+            status["done"] = True
 
         threading.Thread(target=load, name="dpe-model-warmup", daemon=True).start()
+
+
+def warmup_status(name: str) -> dict[str, Any]:
+    """This worker's warm-up state for a plugin name (run on every worker with client.run)."""
+    return dict(_WARMUPS.get(name, {"done": False, "error": None, "seconds": 0.0}))
+
+
+def wait_for_warmup(client, plugin: EnhancerWarmup, timeout_s: float = 600.0) -> dict[str, dict[str, Any]]:
+    """Block until every worker has loaded the model (or failed to); returns {worker: status}.
+
+    Model loading is a start-up cost: waiting for it before submitting keeps it out of the enhance phase (no
+    shard can start without the model anyway).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = client.run(warmup_status, plugin.name)
+        if all(s["done"] for s in statuses.values()) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.2)
