@@ -305,11 +305,11 @@ class StripKernel:
         s, big_w = pix.shape[0], pix.shape[1]
         if self._fn is not None:
             lo, hi = int(i0[0]), int(i1[-1])
-            # Horizontal interpolation of the few rows the strip needs (vertical size kept: identity there).
-            hrows = F.interpolate(
-                c[None, :, lo : hi + 1], size=(hi + 1 - lo, big_w), mode="bilinear", align_corners=False
-            )
-            return self._fn(hrows[0].transpose(0, 1), i0 - lo, i1 - lo, wy, pix, top, out_dtype)
+            # Horizontal (linear) interpolation of the few coefficient rows the strip needs.
+            n = hi + 1 - lo
+            rows = c[:, lo : hi + 1].reshape(1, 12 * n, c.shape[-1])
+            hrows = F.interpolate(rows, size=big_w, mode="linear", align_corners=False).view(12, n, big_w)
+            return self._fn(hrows.transpose(0, 1), i0 - lo, i1 - lo, wy, pix, top, out_dtype)
         vert = torch.lerp(c[:, i0], c[:, i1], wy[:, None])  # [12,S,w]
         vert = vert[None].contiguous(memory_format=torch.channels_last)
         full = F.interpolate(vert, size=(s, big_w), mode="bilinear", align_corners=False)  # [1,12,S,W] channels_last
