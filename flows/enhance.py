@@ -205,7 +205,9 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
                              dest_url=params.dest_url, records_url=join(records_root(params.dest_url), run_id),
                              output_format=params.output_format, quality=params.quality,
                              max_pixels=params.max_pixels, torch_threads=cluster_info.torch_threads,
-                             settings=settings, storage_block=params.storage_block)
+                             settings=settings, storage_block=params.storage_block,
+                             # GPU workers: the model is fast, decoding/encoding is the work: more I/O threads
+                             io_threads=max(2, cluster_info.torch_threads or 2) if cluster_info.use_gpu else 2)
             size = shard_size_for(len(the_plan.todo), cluster_info.workers, params.shard_size)
             shards = make_shards(the_plan.todo, size, params.previews)
             logger.info("%d shards of ~%d photos", len(shards), size)

@@ -15,11 +15,13 @@ import io
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.common import dumps_jsonl, join, now_iso, use_storage_block, write_atomic
@@ -46,7 +48,8 @@ class EnhanceJob(BaseModel):
     torch_threads: int | None = None
     settings: str = ""
     storage_block: str | None = None
-    prefetch: bool = True
+    prefetch: bool = True  # read ahead and write behind in threads, overlapping the model
+    io_threads: int = Field(2, ge=1, le=64, description="Threads reading/decoding and encoding/writing.")
     checkpoint_every_s: float = 30.0
 
 
@@ -176,8 +179,8 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
         return ShardResult(index=shard.index, records=records, started=started, finished=time.time(),
                            busy_s=time.perf_counter() - t_start, model_wait_s=model_wait, worker=worker)
 
-    workers = 2 if job.prefetch else 0
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dpe-io") if workers else None
+    depth = max(1, job.io_threads) if job.prefetch else 0  # photos read ahead, and encodes/writes in flight
+    pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="dpe-io") if depth else None
 
     def submit(fn, *args) -> Future:
         if pool is not None:
@@ -189,14 +192,18 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
             future.set_exception(exc)
         return future
 
-    pending_write: tuple[WorkItem, dict[str, Any], dict[str, float], float, Future] | None = None
+    reads: deque[Future] = deque()
+    writes: deque[tuple[dict[str, Any], dict[str, float], float, Future]] = deque()
+    next_read = 0
+
+    def top_up_reads() -> None:
+        nonlocal next_read
+        while next_read < len(items) and len(reads) < max(1, depth):
+            reads.append(submit(_read_decode, items[next_read], job))
+            next_read += 1
 
     def collect_write() -> None:
-        nonlocal pending_write
-        if pending_write is None:
-            return
-        item, record, timings, t_item, future = pending_write
-        pending_write = None
+        record, timings, t_item, future = writes.popleft()
         try:
             size, digest, t = future.result()
             timings |= t
@@ -207,22 +214,20 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
         checkpoint()
 
     try:
-        next_read = submit(_read_decode, items[0], job) if items else None
-        for position, item in enumerate(items):
+        for item in items:
+            top_up_reads()
             t_item = time.perf_counter()
             record = base(item)
             timings: dict[str, float] = {}
-            read_future = next_read
-            next_read = submit(_read_decode, items[position + 1], job) if position + 1 < len(items) else None
             try:
-                photo, t = read_future.result()
+                photo, t = reads.popleft().result()
+                top_up_reads()  # keep the readers busy while the model runs
                 timings |= t
                 record |= {"width": int(photo.pixels.shape[1]), "height": int(photo.pixels.shape[0])}
                 t1 = time.perf_counter()
                 enhanced = enhancer.enhance(photo, mode=job.mode)
                 timings["enhance"] = time.perf_counter() - t1
             except Exception as exc:
-                collect_write()
                 finish(record | {"status": "error", "reason": _error_reason(exc)}, timings, t_item)
                 continue
             if len(previews) < shard.previews:
@@ -232,9 +237,13 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
                 except Exception as exc:  # a preview is a nicety
                     if log:
                         log(f"preview of {item.rel} failed: {exc}")
+            del photo
+            writes.append((record, timings, t_item, submit(_encode_write, item, job, enhanced)))
+            del enhanced
+            while len(writes) > depth:
+                collect_write()
+        while writes:
             collect_write()
-            pending_write = (item, record, timings, t_item, submit(_encode_write, item, job, enhanced))
-        collect_write()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -243,7 +252,7 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
                        busy_s=time.perf_counter() - t_start, model_wait_s=model_wait, worker=worker, previews=previews)
 
 
-@task(name="enhance-shard", task_run_name="enhance-shard-{shard.index}")
+@task(name="enhance-shard", task_run_name="enhance-shard-{shard.index}", cache_policy=NO_CACHE)
 def enhance_shard(shard: Shard, job: EnhanceJob) -> ShardResult:
     """Prefect task: one shard on a Dask worker. Inference errors are per-file records, never task failures;
     storage I/O is retried per file inside (a task-level retry would redo finished photos)."""

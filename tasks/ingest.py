@@ -16,6 +16,7 @@ import time
 from typing import Any, Literal
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.common import FileEntry, join, use_storage_block
@@ -130,7 +131,7 @@ def process_ingest_shard(shard: IngestShard, job: IngestJob) -> IngestResult:
                         worker=f"{socket.gethostname()}:{os.getpid()}")
 
 
-@task(name="ingest-shard", task_run_name="ingest-shard-{shard.index}")
+@task(name="ingest-shard", task_run_name="ingest-shard-{shard.index}", cache_policy=NO_CACHE)
 def ingest_shard(shard: IngestShard, job: IngestJob) -> IngestResult:
     result = process_ingest_shard(shard, job)
     invalid = sum(r["status"] != "valid" for r in result.records)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from tasks.common import FileEntry, list_files, list_sizes, remove_stale_temp_files, use_storage_block
@@ -23,8 +24,10 @@ def retry_on_storage_error(task, task_run, state) -> bool:  # noqa: ARG001  (Pre
     return isinstance(exc, BaseException) and is_transient_storage_error(exc)
 
 
+# Storage tasks: retried on transient storage errors only; never cached (they read or change storage, so a
+# cached result would be stale or skip a write, whatever the user's result-persistence settings).
 STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=1),
-                   "retry_condition_fn": retry_on_storage_error}
+                   "retry_condition_fn": retry_on_storage_error, "cache_policy": NO_CACHE}
 
 
 @task(name="list-inputs", **STORAGE_RETRIES)

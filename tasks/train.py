@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 
 from tasks.common import use_storage_block
 
@@ -50,7 +51,7 @@ def style_distance(result, limit: int = 16) -> dict[str, float]:
             "style_distance_identity": float((stats(sources) - reference).abs().mean())}
 
 
-@task(name="train-model", task_run_name="train-{name}")
+@task(name="train-model", task_run_name="train-{name}", cache_policy=NO_CACHE)
 def train_model(name: str, config: dict[str, Any], stop_after: int | None = None, export_uri: str | None = None,
                 version: str | None = None, card: dict[str, Any] | None = None,
                 storage_block: str | None = None) -> dict[str, Any]:
