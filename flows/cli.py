@@ -111,10 +111,25 @@ def prefect_api(verbose: bool = False) -> Iterator[str]:
 
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                if server is not None:
+                    _drain_prefect_clients()
     finally:
         if server is not None:
             server.stop()
+
+
+def _drain_prefect_clients(timeout_s: float = 20.0) -> None:
+    """Send the run's last logs and events while the server we started still answers; afterwards Prefect's
+    exit handlers would retry a dead server for a minute or more."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            service.drain_all(timeout=timeout_s)
 
 
 def _run_flow(flow_fn, params) -> Any:

@@ -60,9 +60,9 @@ def prefect_server(tmp_path_factory):
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server
-            from prefect.logging.handlers import APILogWorker
+            from flows.cli import _drain_prefect_clients
 
-            APILogWorker.drain_all(timeout=10)  # send the last run logs while the server is still up
+            _drain_prefect_clients()  # the last logs and events, while the server still answers
     finally:
         if saved is None:
             os.environ.pop("PREFECT_API_URL", None)
