@@ -51,7 +51,15 @@ def best_of(fns: dict[str, Callable[[], object]], rounds: int, device: torch.dev
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MiB)."""
+    """Peak resident set size of this process so far (MiB): VmHWM, which starts afresh at exec (ru_maxrss does not:
+    Linux carries it over from the parent across fork+exec)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
