@@ -33,6 +33,16 @@ def join_url(base: str, *parts: str) -> str:
     return out
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; do it once at import, not in writer threads.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def read_bytes(url: str, **storage_options) -> bytes:
     """Whole object/file as bytes. Opens read-only; raises FileNotFoundError when missing."""
     fs, path = filesystem(url, **storage_options)
@@ -56,6 +66,8 @@ def write_bytes_atomic(url: str, data: bytes, **storage_options) -> None:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask).
+            os.chmod(tmp, 0o666 & ~_UMASK)
             os.replace(tmp, path)
         except BaseException:
             try:

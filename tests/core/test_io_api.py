@@ -265,3 +265,16 @@ def test_dpe_core_io_imports_no_orchestration():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_local_write_gets_ordinary_file_permissions(tmp_path):
+    # Outputs must be readable like any file the user writes (mkstemp alone would leave them 0600).
+    import stat
+
+    from dpe_core.io import storage
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    target = tmp_path / "shared.jpg"
+    storage.write_bytes_atomic(str(target), b"data")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
