@@ -276,13 +276,17 @@ def bench_large(args, device: torch.device) -> None:
                 else:
                     label = {"full": "full (guided)", "naive": "naive full-size forward"}[name]
                 if "skipped" in r:
-                    rows.append([f"{mp} MP", label, "-", "-", "-", "-", "-", r["skipped"]])
+                    rows.append([f"{mp} MP", label, "-", "-", "-", "-", "-", "-", r["skipped"]])
                     continue
-                quality = "-"
+                quality, moved = "-", "-"
                 saved = folder / f"tiled_{name.split(':')[-1]}.npy"
                 if name.startswith("tiled") and full_out is not None and saved.is_file():
-                    quality = f"{psnr_u8(full_out, np.load(saved)):.1f}"
+                    tiled_out = np.load(saved)
+                    quality = f"{psnr_u8(full_out, tiled_out):.1f}"
+                    moved = f"{psnr_u8(np.load(path), tiled_out):.1f}"
                     saved.unlink()
+                if name == "full" and full_out is not None:
+                    moved = f"{psnr_u8(np.load(path), full_out):.1f}"
                 note = ""
                 if name == "full" and "seconds_first" in r:
                     label = "full (guided), compiled apply"
@@ -294,6 +298,7 @@ def bench_large(args, device: torch.device) -> None:
                             "full (guided), eager apply",
                             r["seconds_eager"],
                             r["seconds_eager"] / t512,
+                            "-",
                             "-",
                             "-",
                             "-",
@@ -310,6 +315,7 @@ def bench_large(args, device: torch.device) -> None:
                         f"{speed_vs_full:.1f}x" if name != "full" else "1x",
                         r["peak_rss_mb"] / 1024,
                         quality,
+                        moved,
                         note,
                     ]
                 )
@@ -328,7 +334,17 @@ def bench_large(args, device: torch.device) -> None:
         )
         print(
             table(
-                ["photo", "mode", "s/photo", "x 512-px", "time vs full", "peak RSS GB", "PSNR full vs this", "note"],
+                [
+                    "photo",
+                    "mode",
+                    "s/photo",
+                    "x 512-px",
+                    "time vs full",
+                    "peak RSS GB",
+                    "PSNR full vs this",
+                    "PSNR input vs this",
+                    "note",
+                ],
                 rows,
             )
         )
