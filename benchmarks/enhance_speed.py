@@ -11,7 +11,8 @@ Tables:
 2. 12 and 24 MP photos (a real 12 MP photo from the test data, upscaled for 24 MP): seconds per photo and peak RSS
    of mode full, mode tiled (the demo's approach, long side capped at 2048, resized kernels; dilated kernels too)
    and a naive full-size forward (skipped, with the reason, when it cannot fit in memory), each in a fresh process;
-   PSNR of full against tiled; full's cost in units of a 512-px enhancement measured in the same process.
+   PSNR of full against tiled (and of each against the input: how much the model changes the photo); full's cost
+   in units of a working-size enhancement (mode paper: 512 px for a 512-trained model) in the same process.
 3. Where full's time goes (stages of the last call).
 
 Only ratios measured in one run are comparable: other processes on the machine slow every figure.
@@ -329,8 +330,9 @@ def bench_large(args, device: torch.device) -> None:
                     )
             (folder / "full.npy").unlink(missing_ok=True)
         print(
-            f"\nLarge photos on {device} (each measurement in a fresh process; 'x 512-px' = seconds over those of a "
-            "512-px enhancement, mode paper on a 512x341 photo, measured in full's process)"
+            f"\nLarge photos on {device} (each measurement in a fresh process; 'x paper' = seconds over those of a "
+            "working-size enhancement - mode paper, the net at its train_size, on a 512x341 photo - measured in "
+            "full's process)"
         )
         print(
             table(
@@ -351,7 +353,7 @@ def bench_large(args, device: torch.device) -> None:
         print("\nWhere mode full's time goes (seconds; compiled: the call after the compiling one)")
         print(
             table(
-                ["photo", "apply", "512-px enh.", "read", "downscale", "network", "fit", "apply+write", "ms/MP"],
+                ["photo", "apply", "paper enh.", "read", "downscale", "network", "fit", "apply+write", "ms/MP"],
                 stage_rows,
             )
         )
