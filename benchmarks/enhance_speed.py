@@ -340,7 +340,7 @@ def bench_large(args, device: torch.device) -> None:
                     "photo",
                     "mode",
                     "s/photo",
-                    "x 512-px",
+                    "x paper",
                     "time vs full",
                     "peak RSS GB",
                     "PSNR full vs this",
