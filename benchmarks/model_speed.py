@@ -10,26 +10,17 @@ slows both figures.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dpe_core.nn import build_generator
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
 
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; load avg {os.getloadavg()[0]:.2f}")
+from dpe_core.nn import build_generator  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -66,14 +57,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     model = build_generator().to(device).eval()
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
     print(f"machine: {machine()}")
-    print(f"generator at {args.size}x{args.size}: "
-          f"{generator_flops(model, torch.rand(1, 3, args.size, args.size, device=device)) / 1e9:.2f} GFLOP per image")
+    print(
+        f"generator at {args.size}x{args.size}: "
+        f"{generator_flops(model, torch.rand(1, 3, args.size, args.size, device=device)) / 1e9:.2f} GFLOP per image"
+    )
     header = f"{'dtype':>9} {'batch':>5} {'images/s':>9} {'GFLOP/s':>9} {'matmul GFLOP/s':>15} {'ratio':>6}"
     print(header)
     print("-" * len(header))
@@ -90,8 +89,10 @@ def main() -> None:
 
             seconds = best_time(forward, device, args.repeats)
             achieved = flops / seconds / 1e9
-            print(f"{str(dtype).split('.')[-1]:>9} {batch:>5} {batch / seconds:>9.2f} {achieved:>9.1f} "
-                  f"{peak:>15.1f} {achieved / peak:>6.2f}")
+            print(
+                f"{str(dtype).split('.')[-1]:>9} {batch:>5} {batch / seconds:>9.2f} {achieved:>9.1f} "
+                f"{peak:>15.1f} {achieved / peak:>6.2f}"
+            )
 
 
 if __name__ == "__main__":
