@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dpe_core.inference import pick_device
 from dpe_core.nn.modelfile import ModelInfo, load_model, save_model
 from dpe_core.quality.degradations import benchmark_degradations
 from dpe_core.quality.metrics import psnr
@@ -25,13 +26,6 @@ from dpe_core.training.steps import GANStep, build_step
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict[str, Any]], None]
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
