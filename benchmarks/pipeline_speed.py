@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="*", default=["paper", "full"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--model", default="default")
+    parser.add_argument("--copies", type=int, default=3,
+                        help="each photo this many times (distinct names) so the steady state dominates")
     parser.add_argument("--probe-shards", type=int, default=24, help="shards in the orchestration probe (0: skip)")
     parser.add_argument("--bare", nargs=4, metavar=("SRC", "DST", "MODE", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -125,12 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from flows.server import start_local_server
 
-    photos = Path(args.photos)
-    count = sum(1 for p in photos.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    originals = Path(args.photos)
+    files = sorted(p for p in originals.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     print(f"machine: {machine()}")
-    print(f"photos: {count} files under {photos} ({sum(p.stat().st_size for p in photos.rglob('*')) / 1e6:.0f} MB); "
-          f"model {args.model}")
+    print(f"photos: {len(files)} files under {originals} ({sum(p.stat().st_size for p in files) / 1e6:.0f} MB), "
+          f"each {args.copies}x; model {args.model}")
     home = Path(tempfile.mkdtemp(prefix="dpe-bench-home-"))
+    photos = home / "photos"
+    for copy in range(args.copies):
+        for path in files:
+            target = photos / f"copy{copy}" / path.relative_to(originals)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
     try:
         server = start_local_server(home, services=False)
         fresh_s = server.start_s
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{s['counts']['error']} failed; flow total {s['total_s']} s"))
             if args.probe_shards:
                 with tempfile.TemporaryDirectory(prefix="dpe-bench-tiny-") as tiny:
-                    src = tiny_folder(Path(tiny) / "src", args.probe_shards, photos)
+                    src = tiny_folder(Path(tiny) / "src", args.probe_shards, originals)
                     s = run_dpe(str(src), "paper", args.model, 2, env, ["--shard-size", "1"])
                     busy_per_shard = s["task_busy_s"] / max(1, s["shards"])
                     rows.append(("probe", f"{s['shards']} shards x 1 tiny photo, 2 workers", s["shards"] / s["phase_s"],

@@ -73,13 +73,15 @@ def _quiet_logs(verbose: bool) -> None:
 
 
 def _term_as_interrupt() -> None:
-    """SIGTERM runs the same clean-up as Ctrl-C (cluster and server stopped by their handles)."""
+    """SIGTERM and SIGINT run the Ctrl-C clean-up (cluster and server stopped by their handles), also when the
+    command was started in the background by a shell that set SIGINT to be ignored."""
 
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
     with contextlib.suppress(ValueError):  # not the main thread
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
 
 
 @contextlib.contextmanager
@@ -138,16 +140,18 @@ def _run_flow(flow_fn, params) -> Any:
 
 
 def _finish(state, what: str) -> dict[str, Any]:
-    """The flow's result, or exit: 2 when it refused its configuration (validation, unknown model), else 3."""
+    """The flow's result, or exit: 2 when it refused its configuration (validation, unknown model, a cluster
+    that cannot run it), else 3."""
     if not state.is_completed():
         console.print(f"[red]{what} failed:[/red] {state.message}")
         try:
             error = state.result(raise_on_failure=False)
         except Exception as exc:  # the result may be unavailable
             error = exc
+        from flows.cluster import ClusterError
         from tasks.registry import ModelNotFound
 
-        usage = isinstance(error, ValidationError | ModelNotFound)
+        usage = isinstance(error, ValidationError | ModelNotFound | ClusterError)
         raise typer.Exit(EXIT_USAGE if usage else EXIT_RUN_FAILED)
     return state.result()
 

@@ -97,6 +97,31 @@ def _worker_env(api_url: str) -> dict[str, str]:
     return env
 
 
+DASK_TRIM_DEFAULT = "65536"
+
+
+@contextmanager
+def torch_friendly_spawn() -> Iterator[None]:
+    """Start local worker processes without distributed's MALLOC_TRIM_THRESHOLD_=65536.
+
+    Setting it disables glibc's dynamic mmap threshold, so every tensor buffer torch frees goes back to the OS
+    and the next one is page-faulted in again: measured here, the Enhancer ran 1.6x slower in such a process
+    (2.1 s -> 3.3 s for 46 photos at the working size). distributed also leaks the variable into the process
+    that starts a nanny (this one), so a copy with its default value is removed too.
+    """
+    import dask
+
+    leaked = os.environ.get("MALLOC_TRIM_THRESHOLD_") == DASK_TRIM_DEFAULT
+    if leaked:
+        os.environ.pop("MALLOC_TRIM_THRESHOLD_")
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            yield
+    finally:
+        if leaked:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = DASK_TRIM_DEFAULT
+
+
 def _gpu_nannies(n: int, env: dict[str, str]):
     """One Nanny per GPU, CUDA_VISIBLE_DEVICES pinned, resources GPU=1 (LocalCUDACluster without dask-cuda)."""
     from distributed import Nanny, Scheduler, SpecCluster
@@ -108,7 +133,7 @@ def _gpu_nannies(n: int, env: dict[str, str]):
                                                "env": env | {"CUDA_VISIBLE_DEVICES": ids[i]}}}
         for i in range(n)
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING, name="dpe-gpu")
 
 
@@ -127,14 +152,14 @@ def start_local_cluster(params: ClusterParams, api_url: str):
             from dask_cuda import LocalCUDACluster
 
             cluster = LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1}, env=env,
-                                       dashboard_address=None, silence_logs=logging.WARNING)
+                                       dashboard_address=":0", silence_logs=logging.WARNING)
             return cluster, "LocalCUDACluster", n, n, threads
         except Exception as exc:  # not installed, or no usable CUDA for it
             log.info("LocalCUDACluster unavailable (%s); pinning one worker per GPU", exc)
             return _gpu_nannies(n, env), "gpu-nannies", n, n, threads
     n = params.workers or default_cpu_workers(cores, memory_gib())
     threads = params.torch_threads or max(1, cores // n)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, env=env,
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", env=env,
                            silence_logs=logging.WARNING)
     return cluster, "LocalCluster", n, 0, threads
 
@@ -168,7 +193,8 @@ def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> It
             raise ClusterError(f"no Dask worker joined the scheduler at {params.dask_address} "
                                f"within {wait_for_workers_s:.0f} s") from exc
     else:
-        cluster, kind, _, _, threads = start_local_cluster(params, api_url)
+        with torch_friendly_spawn():
+            cluster, kind, _, _, threads = start_local_cluster(params, api_url)
         client = Client(cluster.scheduler_address, set_as_default=False)
     try:
         workers, gpu_workers = worker_summary(client)

@@ -53,20 +53,50 @@ def _emit(event: dict[str, Any]) -> None:
             listener(event)
 
 
-def shard_size_for(n_items: int, workers: int, shard_size: int | None) -> int:
-    """Photos per shard: the given size, else ~3 shards per worker, at least 8 photos (Prefect costs ~0.25 s
-    per task) and at most 256 (a lost worker loses at most one shard's work)."""
+MAX_AUTO_SHARD = 256  # photos: a worker that dies loses (and Dask re-runs) at most one shard
+SHARDS_PER_WORKER = 4  # with several workers: the last shards finish close together even when workers slow down
+MIN_AUTO_SHARD = 4  # photos: Prefect costs ~0.3-0.6 s per task
+
+
+def shard_count(n_items: int, workers: int, shard_size: int | None) -> int:
+    """Shards for n photos: ceil(n / shard_size) when given. Auto: one worker gets one shard per 256 photos
+    (no tail to balance, least overhead); several workers get at least 4 shards each (of >= 4 photos), so that
+    byte-balanced shards still finish close together when photo costs or worker speeds differ (chosen by
+    simulating measured per-photo times: docs/flows.md)."""
+    if n_items == 0:
+        return 0
     if shard_size:
-        return shard_size
-    return max(8, min(256, math.ceil(n_items / (3 * max(1, workers)))))
+        return math.ceil(n_items / shard_size)
+    by_size = math.ceil(n_items / MAX_AUTO_SHARD)
+    if workers <= 1:
+        return by_size
+    wanted = max(SHARDS_PER_WORKER * workers, by_size)
+    return max(1, min(wanted, n_items // MIN_AUTO_SHARD))
 
 
-def make_shards(todo: list[WorkItem], size: int, previews: int) -> list[Shard]:
-    """Shards of about equal work (bytes + a fixed per-photo cost), costliest first; previews from the first."""
-    n = math.ceil(len(todo) / size) if todo else 0
-    groups = lpt_shards(todo, n, lambda item: item.size + FILE_COST_BYTES) if n else []
+def make_shards(todo: list[WorkItem], n_shards: int, previews: int) -> list[Shard]:
+    """n_shards shards of about equal work (bytes + a fixed per-photo cost), costliest first; previews from
+    the first."""
+    groups = lpt_shards(todo, n_shards, lambda item: item.size + FILE_COST_BYTES) if n_shards else []
     return [Shard(index=i, items=[item.to_dict() for item in group], previews=previews if i == 0 else 0)
             for i, group in enumerate(groups)]
+
+
+def pipeline_options(cluster: ClusterInfo) -> dict[str, Any]:
+    """How a shard overlaps storage, decoding and the model (measured on 2 CPU cores, docs/flows.md):
+
+    * GPU workers: the model is fast and decoding/encoding is the work: decode/encode in threads beside it,
+      as many as the worker's CPU threads;
+    * CPU workers with one torch thread: reads and writes (and their fsync/network waits) in two threads,
+      decode/encode in the task's thread (~15 % faster than sequential; decoding beside it was not faster);
+    * CPU workers whose torch uses several threads: fully sequential (any thread beside torch's OpenMP
+      threads stalls its parallel ops: 5-20 % slower).
+    """
+    if cluster.use_gpu:
+        return {"prefetch": True, "overlap_cpu": True, "io_threads": max(2, cluster.torch_threads or 2)}
+    if (cluster.torch_threads or 1) == 1:
+        return {"prefetch": True, "overlap_cpu": False, "io_threads": 2}
+    return {"prefetch": False, "overlap_cpu": False, "io_threads": 1}
 
 
 @task(name="resolve-model", **STORAGE_RETRIES)
@@ -110,7 +140,10 @@ def _run_id() -> str:
 
 def _lost_shard_records(shard: Shard, job: EnhanceJob, reason: str) -> list[dict[str, Any]]:
     """Records for a shard whose task failed (e.g. its worker died): what it checkpointed, errors for the rest."""
-    saved = {r["input"]: r for r in read_jsonl(join(job.records_url, f"shard-{shard.index:05d}.jsonl"))}
+    try:
+        saved = {r["input"]: r for r in read_jsonl(join(job.records_url, f"shard-{shard.index:05d}.jsonl"))}
+    except Exception:  # unreadable checkpoint: every photo of the shard is reported with the shard's failure
+        saved = {}
     out = []
     for item in shard.items:
         out.append(saved.get(item["rel"]) or {
@@ -206,11 +239,10 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
                              output_format=params.output_format, quality=params.quality,
                              max_pixels=params.max_pixels, torch_threads=cluster_info.torch_threads,
                              settings=settings, storage_block=params.storage_block,
-                             # GPU workers: the model is fast, decoding/encoding is the work: more I/O threads
-                             io_threads=max(2, cluster_info.torch_threads or 2) if cluster_info.use_gpu else 2)
-            size = shard_size_for(len(the_plan.todo), cluster_info.workers, params.shard_size)
-            shards = make_shards(the_plan.todo, size, params.previews)
-            logger.info("%d shards of ~%d photos", len(shards), size)
+                             **pipeline_options(cluster_info))
+            n_shards = shard_count(len(the_plan.todo), cluster_info.workers, params.shard_size)
+            shards = make_shards(the_plan.todo, n_shards, params.previews)
+            logger.info("%d shards of ~%d photos", len(shards), math.ceil(len(the_plan.todo) / max(1, n_shards)))
             new_records, results, phase_s = run_shards(shards, job, cluster_info, progress, total, done_before)
             records.extend(new_records)
 

@@ -49,6 +49,9 @@ class EnhanceJob(BaseModel):
     settings: str = ""
     storage_block: str | None = None
     prefetch: bool = True  # read ahead and write behind in threads, overlapping the model
+    # Decode/encode in those threads too. Off when torch already uses every core of the worker: a decode
+    # competing with torch's OpenMP threads stalls each parallel op (measured: slower than no overlap).
+    overlap_cpu: bool = True
     io_threads: int = Field(2, ge=1, le=64, description="Threads reading/decoding and encoding/writing.")
     checkpoint_every_s: float = 30.0
 
@@ -97,27 +100,47 @@ def _output_format(item: WorkItem, job: EnhanceJob) -> str | None:
     return format_for_output(item.output) or (None if job.output_format == "same" else job.output_format.upper())
 
 
-def _read_decode(item: WorkItem, job: EnhanceJob) -> tuple[Any, dict[str, float]]:
-    from dpe_core.io import decode_photo
+def _read(item: WorkItem, job: EnhanceJob) -> tuple[Any, dict[str, float]]:
+    """Bytes of the input (retried on transient storage errors), decoded too when job.overlap_cpu."""
     from dpe_core.io.storage import read_bytes
 
     t0 = time.perf_counter()
     data = with_storage_retries(lambda: read_bytes(item.url), f"read {item.url}")
-    t1 = time.perf_counter()
+    timings = {"read": time.perf_counter() - t0}
+    if not job.overlap_cpu:
+        return data, timings
+    return _decode(item, job, data, timings)
+
+
+def _decode(item: WorkItem, job: EnhanceJob, data: bytes, timings: dict[str, float]) -> tuple[Any, dict[str, float]]:
+    from dpe_core.io import decode_photo
+
+    t0 = time.perf_counter()
     photo = decode_photo(data, item.rel, max_pixels=job.max_pixels)
-    return photo, {"read": t1 - t0, "decode": time.perf_counter() - t1}
+    return photo, timings | {"decode": time.perf_counter() - t0}
 
 
-def _encode_write(item: WorkItem, job: EnhanceJob, photo) -> tuple[int, str, dict[str, float]]:
+def _encode(item: WorkItem, job: EnhanceJob, photo) -> tuple[bytes, dict[str, float]]:
     from dpe_core.io import encode_photo
-    from dpe_core.io.storage import write_bytes_atomic
 
     t0 = time.perf_counter()
     blob = encode_photo(photo, format=_output_format(item, job), quality=job.quality)
-    t1 = time.perf_counter()
+    return blob, {"encode": time.perf_counter() - t0}
+
+
+def _write(item: WorkItem, job: EnhanceJob, blob: bytes, timings: dict[str, float]) -> tuple[int, str, dict]:
+    """One atomic write of the finished bytes (retried on transient storage errors)."""
+    from dpe_core.io.storage import write_bytes_atomic
+
+    t0 = time.perf_counter()
     url = join(job.dest_url, item.output)
     with_storage_retries(lambda: write_bytes_atomic(url, blob), f"write {url}")
-    return len(blob), hashlib.sha256(blob).hexdigest(), {"encode": t1 - t0, "write": time.perf_counter() - t1}
+    return len(blob), hashlib.sha256(blob).hexdigest(), timings | {"write": time.perf_counter() - t0}
+
+
+def _encode_write(item: WorkItem, job: EnhanceJob, photo) -> tuple[int, str, dict[str, float]]:
+    blob, timings = _encode(item, job, photo)
+    return _write(item, job, blob, timings)
 
 
 def _error_reason(exc: BaseException) -> str:
@@ -199,7 +222,7 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
     def top_up_reads() -> None:
         nonlocal next_read
         while next_read < len(items) and len(reads) < max(1, depth):
-            reads.append(submit(_read_decode, items[next_read], job))
+            reads.append(submit(_read, items[next_read], job))
             next_read += 1
 
     def collect_write() -> None:
@@ -222,6 +245,8 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
             try:
                 photo, t = reads.popleft().result()
                 top_up_reads()  # keep the readers busy while the model runs
+                if not job.overlap_cpu:  # bytes were read ahead; decode here, not beside torch's threads
+                    photo, t = _decode(item, job, photo, t)
                 timings |= t
                 record |= {"width": int(photo.pixels.shape[1]), "height": int(photo.pixels.shape[0])}
                 t1 = time.perf_counter()
@@ -238,7 +263,16 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
                     if log:
                         log(f"preview of {item.rel} failed: {exc}")
             del photo
-            writes.append((record, timings, t_item, submit(_encode_write, item, job, enhanced)))
+            if job.overlap_cpu:
+                future = submit(_encode_write, item, job, enhanced)
+            else:
+                try:
+                    blob, t = _encode(item, job, enhanced)
+                except Exception as exc:
+                    finish(record | {"status": "error", "reason": _error_reason(exc)}, timings, t_item)
+                    continue
+                future = submit(_write, item, job, blob, t)
+            writes.append((record, timings, t_item, future))
             del enhanced
             while len(writes) > depth:
                 collect_write()

@@ -23,7 +23,6 @@ _MODELS: dict[tuple[str, str], Any] = {}
 _WARMUPS: dict[str, dict[str, Any]] = {}  # plugin name -> {"done": bool, "error": str | None, "seconds": float}
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _GUARD = threading.Lock()
-_THREADS: int | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -36,13 +35,14 @@ def resolve_device(device: str) -> str:
 
 
 def set_torch_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count once per process (Dask's nanny sets OMP_NUM_THREADS=1 by default)."""
-    global _THREADS
-    if threads and threads != _THREADS:
+    """torch's intra-op threads for the *calling* thread: OpenMP keeps the thread count per thread, so a value
+    set in the warm-up thread does not reach the Dask executor thread that runs the task (whose nanny set
+    OMP_NUM_THREADS=1). Called by every get_enhancer() call, in the thread that will compute."""
+    if threads:
         import torch
 
-        torch.set_num_threads(threads)
-        _THREADS = threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def get_enhancer(model_uri: str, device: str = "auto", threads: int | None = None):

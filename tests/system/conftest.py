@@ -76,9 +76,12 @@ def dask_address(prefect_server, s3_endpoint):
     """Scheduler address of a 2-worker, 1-thread-each LocalCluster that reports to the session's server."""
     from distributed import LocalCluster
 
+    from flows.cluster import torch_friendly_spawn
+
     _, s3_env = s3_endpoint
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.WARNING, env={"PREFECT_API_URL": prefect_server.api_url} | s3_env)
+    with torch_friendly_spawn():
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.WARNING, env={"PREFECT_API_URL": prefect_server.api_url} | s3_env)
     try:
         yield cluster.scheduler_address
     finally:

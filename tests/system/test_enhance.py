@@ -133,8 +133,9 @@ def _wait_for(predicate, timeout: float, what: str, process: subprocess.Popen | 
 
 
 def test_killed_run_resumes_without_duplicates_or_partial_files(cli_env, model_ref, testdata, tmp_path):
-    files = ARCHIVE | {f"natural/{n}": f"natural/{n}" for n in ("kpa_pool.jpg", "kpa_snow.jpg", "kpa_skagen.jpg",
-                                                                 "kpa_wayne.jpg", "kpa_donna.jpg", "egret.jpg")}
+    natural = {f"natural/{n}": f"natural/{n}" for n in ("kpa_pool.jpg", "kpa_snow.jpg", "kpa_skagen.jpg",
+                                                        "kpa_wayne.jpg", "kpa_donna.jpg", "egret.jpg")}
+    files = ARCHIVE | natural | {f"again/{rel}": src for rel, src in (ARCHIVE | natural).items()}  # 32 photos
     src = make_folder(tmp_path / "archive", testdata, files)
     originals = sha256_files(src)
     dst = tmp_path / "enhanced"

@@ -94,7 +94,12 @@ def test_a_write_that_fails_is_a_per_file_error_and_leaves_no_partial_file(tmp_p
 def test_pipelined_and_sequential_shards_give_the_same_bytes(tmp_path, testdata, model_ref):
     files = {k: v for k, v in ARCHIVE.items() if k.startswith("2011/")}
     src = make_folder(tmp_path / "src", testdata, files)
-    a, b = tmp_path / "a", tmp_path / "b"
-    process_shard(_shard(src, a), _job(a, model_ref, prefetch=True, mode="full"))
-    process_shard(_shard(src, b), _job(b, model_ref, prefetch=False, mode="full"))
-    assert sha256_files(a / "2011") == sha256_files(b / "2011")
+    variants = {"sequential": {"prefetch": False}, "io-threads": {"prefetch": True, "overlap_cpu": False},
+                "decode-beside-model": {"prefetch": True, "overlap_cpu": True, "io_threads": 3}}
+    hashes = {}
+    for name, options in variants.items():
+        out = tmp_path / name
+        result = process_shard(_shard(src, out), _job(out, model_ref, mode="full", **options))
+        assert [r["status"] for r in result.records] == ["ok"] * len(files)
+        hashes[name] = sha256_files(out / "2011")
+    assert hashes["sequential"] == hashes["io-threads"] == hashes["decode-beside-model"]
