@@ -58,17 +58,3 @@ def latest_report(dest: Path) -> list[dict]:
     runs = sorted((dest / ".dpe" / "runs").iterdir())
     return read_jsonl(runs[-1] / "report.jsonl")
 
-
-def model_for_tests(folder: Path) -> str:
-    """The model enhance tests use: the bundled "default" model; until it is committed, an untrained generator
-    exported as a model file under folder (a real safetensors model: the pipeline does not care about quality)."""
-    from tasks.registry import bundled_models_dir
-
-    if (bundled_models_dir() / "default" / "model.json").is_file():
-        return "default"
-    from dpe_core.nn import build_generator
-    from dpe_core.nn.modelfile import ModelInfo, save_model
-
-    uri = str(folder / "untrained")
-    save_model(build_generator(), uri, ModelInfo(name="untrained", version="0"))
-    return uri

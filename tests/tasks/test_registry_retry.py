@@ -47,12 +47,8 @@ def test_publish_resolve_and_list(tmp_path):
 
 
 def test_bundled_model_resolves_without_a_registry(tmp_path):
-    from tasks.registry import bundled_models_dir
-
-    if not (bundled_models_dir() / "default" / "model.json").is_file():
-        pytest.skip("bundled model 'default' not committed yet")
     ref = resolve("default", str(tmp_path / "empty-registry"))
-    assert ref.source == "bundled" and ref.uri == "default" and ref.sha256
+    assert ref.source == "bundled" and ref.uri == "default" and ref.sha256 and ref.name == "default"
 
 
 def test_storage_retries_retry_transient_errors_only():
