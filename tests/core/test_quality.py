@@ -47,3 +47,73 @@ def test_baselines_keep_shape_and_range_and_do_their_job():
     assert np.ptp(balanced) < 1e-6
     stretched = autocontrast(image)
     assert stretched.min() == 0 and stretched.max() == 1
+
+
+def test_family_a_goes_both_ways_and_has_clean_draws():
+    import random
+
+    from dpe_core.quality.degradations import random_degradation
+
+    rng = random.Random(0)
+    draws = [random_degradation(rng, clean_share=0.2) for _ in range(2000)]
+    clean = sum(d.is_identity for d in draws) / len(draws)
+    assert 0.15 < clean < 0.25
+    damaged = [d for d in draws if not d.is_identity]
+    for attr, neutral in (("exposure_stops", 0.0), ("gamma", 1.0), ("contrast", 1.0), ("saturation", 1.0),
+                          ("black_lift", 0.0)):
+        values = [getattr(d, attr) for d in damaged]
+        assert min(values) < neutral < max(values), attr  # real defects go both ways
+    reds = [d.white_balance[0] for d in damaged]
+    greens = [d.white_balance[1] for d in damaged]
+    assert min(reds) < 1 < max(reds) and min(greens) < 1 < max(greens)  # warm/cool and green/magenta casts
+    assert all(d == random_degradation(random.Random(0), clean_share=0.2) for d in draws[:1])
+
+
+def test_family_a_over_exposure_rolls_off_then_clips():
+    ramp = torch.linspace(0, 1, 101).view(1, 1, 101).expand(3, 4, 101)
+    out = Degradation(exposure_stops=1.0).apply(ramp)[0, 0]
+    assert torch.all(out[1:] >= out[:-1] - 1e-6)  # monotone
+    assert out[30] == pytest.approx(0.6, abs=1e-5)  # below the knee: plain gain
+    assert 0.8 < out[45] < 1.0  # the shoulder compresses instead of clipping at once
+    assert out[-1] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_family_b_is_independent_fixed_and_damaging():
+    from dpe_core.quality.family_b import LinearLightDefect, benchmark_defects_b, linear_to_srgb, srgb_to_linear
+
+    v = torch.linspace(0, 1, 256)
+    assert torch.allclose(linear_to_srgb(srgb_to_linear(v)), v, atol=1e-5)
+    image = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(3)) * 0.8 + 0.1
+    assert torch.allclose(LinearLightDefect().apply(image), image, atol=1e-5)
+    defects = benchmark_defects_b(40)
+    assert defects == benchmark_defects_b(40) and defects != benchmark_defects_b(40, seed=7)
+    assert min(d.ev for d in defects) < 0 < max(d.ev for d in defects)
+    assert min(d.warm for d in defects) < 0 < max(d.warm for d in defects)
+    assert all(psnr(d.apply(image), image) < 45 for d in defects)  # every draw damages the photo
+    # Grey stays grey under a pure exposure change; a warm shift makes red exceed blue.
+    grey = torch.full((3, 4, 4), 0.4)
+    brighter = LinearLightDefect(ev=1.0).apply(grey)
+    assert torch.allclose(brighter[0], brighter[2], atol=1e-6) and brighter.mean() > 0.4
+    warm = LinearLightDefect(warm=0.3).apply(grey)
+    assert warm[0].mean() > warm[2].mean()
+
+
+def test_quality_table_scores_methods_and_writes_a_contact_sheet(tmp_path):
+    from PIL import Image
+
+    from dpe_core.quality.report import contact_sheet, evaluate, format_table
+
+    rng = np.random.default_rng(5)
+    base = np.clip(rng.random((48, 64, 3)).astype(np.float32) * 0.6 + 0.2, 0, 1)
+    photos = [(f"p{i}.png", np.clip(base * (0.8 + 0.1 * i), 0, 1).astype(np.float32)) for i in range(3)]
+    result = evaluate(photos, "B", {"model same": lambda image: image}, keep_samples=2)
+    rows = result.rows()
+    assert set(rows) >= {"identity", "autocontrast", "hist-eq", "CLAHE", "gray-world", "model same"}
+    # A model that changes nothing scores exactly like the identity row and is harmless.
+    assert rows["model same"]["psnr"] == pytest.approx(rows["identity"]["psnr"])
+    assert rows["model same"]["noharm_psnr"] >= 120 and rows["hist-eq"]["noharm_psnr"] < 40
+    text = format_table(result)
+    assert "model same" in text and "vs best classical" in text
+    sheet = contact_sheet(result, tmp_path / "sheet.png", height=40)
+    with Image.open(sheet) as img:
+        assert img.height > 2 * 40 and img.width > 3 * 40
