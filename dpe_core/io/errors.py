@@ -1,10 +1,13 @@
 """One typed exception family for photo IO.
 
 Every error names the file (URL or name) and says what is wrong, so a per-file record can store
-``str(error)`` as its reason. All derive from :class:`PhotoError`, itself a ``ValueError``.
+``str(error)`` as its reason. All derive from :class:`PhotoError`, itself a ``ValueError``. The text never
+holds credentials (URL passwords, known secret values are masked: ``dpe_core.io.redact``) and is never empty.
 """
 
 from __future__ import annotations
+
+from dpe_core.io.redact import redact
 
 
 class PhotoError(ValueError):
@@ -13,9 +16,12 @@ class PhotoError(ValueError):
     reason = "photo error"
 
     def __init__(self, name: str, detail: str):
-        self.name = name
-        self.detail = detail
-        super().__init__(f"{name}: {self.reason}: {detail}")
+        self.name = redact(str(name))
+        self.detail = redact(str(detail).strip() or "no detail given")
+        super().__init__(f"{self.name}: {self.reason}: {self.detail}")
+
+    def __reduce__(self):  # picklable (decoder processes send errors back): rebuilt from (name, detail)
+        return type(self), (self.name, self.detail)
 
 
 class TruncatedPhotoError(PhotoError):
@@ -40,6 +46,19 @@ class DecompressionBombError(PhotoError):
     """The declared pixel count exceeds the configured limit (``max_pixels``)."""
 
     reason = "too many pixels"
+
+
+class MetadataBombError(DecompressionBombError):
+    """A metadata block (EXIF, XMP, ICC, a PNG text chunk ...) is, or inflates to, more than the configured
+    limit (``IoLimits.max_metadata_bytes`` / ``max_metadata_total_bytes``); refused before it is inflated."""
+
+    reason = "metadata too large"
+
+
+class InputTooLargeError(PhotoError):
+    """The stored file is larger than the configured limit (``IoLimits.max_input_bytes``); refused unread."""
+
+    reason = "file too large"
 
 
 class MetadataError(PhotoError):

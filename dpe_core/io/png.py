@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpe_core.io.limits import inflate
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STRUCTURAL = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
 COLOUR_DEPENDENT = {b"bKGD", b"sBIT", b"hIST", b"sPLT"}
@@ -47,6 +49,8 @@ def parse_chunks(data: bytes) -> tuple[bytes, list[Chunk]]:
     pos, chunks, seen_idat, ihdr = len(SIGNATURE), [], False, None
     while pos + 8 <= len(data):
         length, ctype = struct.unpack_from(">I4s", data, pos)
+        if not ctype.isalpha() or length > 0x7FFFFFFF:  # PNG: four ASCII letters, length < 2^31
+            raise PngStructureError(f"invalid chunk {ctype!r} (length {length}) at offset {pos}")
         end = pos + 12 + length
         if end > len(data):
             raise PngStructureError(f"chunk {ctype!r} runs past the end of the file")
@@ -77,19 +81,55 @@ def xmp_chunk(xmp: bytes) -> Chunk:
     return Chunk(b"iTXt", XMP_KEYWORD + b"\x00\x00\x00\x00\x00" + xmp)
 
 
-def xmp_from_chunk(chunk: Chunk) -> bytes | None:
-    """Text of an iTXt chunk: keyword NUL flag method language NUL translated-keyword NUL text."""
-    parts = chunk.data.split(b"\x00", 1)
+def _itxt_fields(data: bytes) -> tuple[int, int, bytes] | None:
+    """(compression flag, method, text) of an iTXt body: keyword NUL flag method language NUL translated NUL text."""
+    parts = data.split(b"\x00", 1)
     if len(parts) < 2 or len(parts[1]) < 2:
         return None
-    flag, rest = parts[1][:1], parts[1][2:]
+    flag, method, rest = parts[1][0], parts[1][1], parts[1][2:]
     fields = rest.split(b"\x00", 2)  # language, translated keyword, text
     if len(fields) < 3:
         return None
-    text = fields[2]
-    if flag == b"\x01":
+    return flag, method, fields[2]
+
+
+def compressed_text(chunk: Chunk) -> bytes | None:
+    """The zlib stream of a compressed zTXt, iTXt or iCCP chunk (compression method 0, the only one PNG
+    defines), else None: the bytes whose inflated size must be checked before anything inflates them."""
+    if chunk.type not in (b"zTXt", b"iTXt", b"iCCP"):
+        return None
+    if chunk.type == b"iTXt":
+        fields = _itxt_fields(chunk.data)
+        return fields[2] if fields is not None and fields[0] == 1 and fields[1] == 0 else None
+    keyword, sep, rest = chunk.data.partition(b"\x00")
+    if not sep or not rest or rest[0] != 0:
+        return None
+    return rest[1:]
+
+
+def describe(chunk: Chunk) -> str:
+    """'PNG iTXt chunk 'XML:com.adobe.xmp' (XMP)' - for messages."""
+    ctype = chunk.type.decode("latin-1")
+    text = f"PNG {ctype} chunk"
+    if chunk.type in (b"tEXt", b"zTXt", b"iTXt", b"iCCP"):
+        keyword = chunk.data.split(b"\x00", 1)[0][:79].decode("latin-1")
+        text += f" {keyword!r}"
+    kind = {"exif": "EXIF", "icc": "ICC profile", "xmp": "XMP"}.get(chunk.kind())
+    return f"{text} ({kind})" if kind else text
+
+
+def xmp_from_chunk(chunk: Chunk, max_size: int, name: str = "") -> bytes | None:
+    """XMP packet of an iTXt chunk (inflated when compressed, refused with MetadataBombError past ``max_size``
+    bytes, never inflating more); None when the chunk is malformed or uses an unknown compression method."""
+    fields = _itxt_fields(chunk.data)
+    if fields is None:
+        return None
+    flag, method, text = fields
+    if flag == 1:
+        if method != 0:
+            return None  # carried verbatim as an unknown chunk
         try:
-            text = zlib.decompress(text)
+            text = inflate(text, max_size, name, describe(chunk))
         except zlib.error:
             return None
     return text

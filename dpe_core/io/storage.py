@@ -8,6 +8,7 @@ could leave half-uploaded).
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import uuid
 
@@ -17,7 +18,12 @@ from fsspec.implementations.local import LocalFileSystem
 
 
 def filesystem(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path inside it) for a URL or local path."""
+    """(filesystem, path inside it) for a URL or local path. Secret-looking storage options (key, secret,
+    token ...) are remembered so that error texts never show them (dpe_core.io.redact)."""
+    if storage_options:
+        from dpe_core.io.redact import register_secrets
+
+        register_secrets(storage_options)
     return url_to_fs(url, **storage_options)
 
 
@@ -43,10 +49,70 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
-def read_bytes(url: str, **storage_options) -> bytes:
-    """Whole object/file as bytes. Opens read-only; raises FileNotFoundError when missing."""
+def read_bytes(url: str, max_bytes: int | None = None, **storage_options) -> bytes:
+    """Whole object/file as bytes. Opens read-only; raises FileNotFoundError when missing.
+
+    max_bytes: refuse a file larger than this with InputTooLargeError naming its size, checked on the stored
+    size before any byte is read; the read itself is bounded too (see ``read_path_bytes``).
+    """
     fs, path = filesystem(url, **storage_options)
-    return fs.cat_file(path)
+    if max_bytes is None:
+        return fs.cat_file(path)
+    return read_path_bytes(fs, path, max_bytes=max_bytes, name=url)
+
+
+def read_path_bytes(fs: fsspec.AbstractFileSystem, path: str, *, max_bytes: int | None = None,
+                    name: str | None = None) -> bytes:
+    """Bytes of ``path`` inside ``fs`` (a path, never re-parsed as a URL), opened read-only.
+
+    With ``max_bytes``: the stored size is checked first (local: fstat of the opened file; object stores: the
+    object's size) and a larger file raises InputTooLargeError naming ``name``, its size and the limit, before
+    a byte is read; the read then stops at ``max_bytes + 1`` bytes, so a file that grows meanwhile, or a device
+    or pipe that never ends, is refused too instead of filling memory.
+    """
+    name = path if name is None else name
+    if max_bytes is None:
+        if is_local(fs):
+            with open(path, "rb") as handle:
+                return handle.read()
+        return fs.cat_file(path)
+    from dpe_core.io.limits import check_input_size  # local import: limits -> errors -> redact
+
+    if is_local(fs):
+        with open(path, "rb") as handle:
+            _check_local(name, os.fstat(handle.fileno()), max_bytes)
+            data = handle.read(max_bytes + 1)
+    else:
+        check_input_size(name, fs.size(path), max_bytes)
+        data = fs.cat_file(path, start=0, end=max_bytes + 1)
+    if len(data) > max_bytes:
+        check_input_size(name, len(data), max_bytes)
+    return data
+
+
+def check_path_size(fs: fsspec.AbstractFileSystem, path: str, *, max_bytes: int, name: str | None = None) -> int | None:
+    """Refuse ``path`` before reading it when it is larger than ``max_bytes`` (InputTooLargeError naming
+    ``name``, the size and the limit) or, locally, not a regular file (StorageError: a device or pipe would
+    never end). Returns the stored size (None when the store does not say)."""
+    name = path if name is None else name
+    if is_local(fs):
+        info = os.stat(path)
+        _check_local(name, info, max_bytes)
+        return info.st_size
+    from dpe_core.io.limits import check_input_size
+
+    size = fs.size(path)
+    check_input_size(name, size, max_bytes)
+    return size
+
+
+def _check_local(name: str, info: os.stat_result, max_bytes: int) -> None:
+    from dpe_core.io.errors import StorageError
+    from dpe_core.io.limits import check_input_size
+
+    if not stat.S_ISREG(info.st_mode):
+        raise StorageError(name, "not a regular file (a device, pipe or socket is never read)")
+    check_input_size(name, info.st_size, max_bytes)
 
 
 def exists(url: str, **storage_options) -> bool:
@@ -83,6 +149,90 @@ def write_bytes_atomic(url: str, data: bytes, **storage_options) -> None:
         except (NotImplementedError, PermissionError):
             pass  # object stores have no real folders
     fs.pipe_file(path, data)
+
+
+class UnsafeTarget(Exception):
+    """A write refused because its target is unsafe (a link, an original, a name outside the folder). Not an
+    OSError: retrying cannot help, and storage retries must not try."""
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_dir_no_follow(name: str, dir_fd: int, shown: str, create: bool) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as exc:
+        if _is_link_at(name, dir_fd):
+            raise UnsafeTarget(f"{shown} is a symbolic link (links inside a destination are never followed)") from exc
+        raise
+    try:
+        os.mkdir(name, 0o777, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+    return _open_dir_no_follow(name, dir_fd, shown, create=False)
+
+
+def _is_link_at(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def write_bytes_under(root: str, parts: list[str] | tuple[str, ...], data: bytes, *,
+                      forbidden_dirs: frozenset[tuple[int, int]] = frozenset(),
+                      forbidden_file: tuple[int, int] | None = None, temp_tag: str = "") -> None:
+    """Atomically write data to root/parts[0]/.../parts[-1] on the local disk without following any symbolic
+    link below root.
+
+    Each folder is opened relative to its parent with O_NOFOLLOW (created when missing), the bytes go to a temp
+    file in the last folder, are fsynced and renamed over the name (a link at the name itself is replaced, never
+    written through). Raises UnsafeTarget when a folder below root is a link, when a folder is one of
+    forbidden_dirs ((device, inode) pairs: the source folders), or when the name is the file forbidden_file
+    (the input itself, reached through another name). root itself may be reached through links. temp_tag: put in
+    the temp file's name (``.dpe-tmp-<tag>-...``: the destination lock's owner id).
+    """
+    if not parts or any(p in ("", ".", "..") or "/" in p for p in parts):
+        raise UnsafeTarget(f"{'/'.join(parts)!r} is not a plain relative name")
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for depth, name in enumerate(parts[:-1]):
+            shown = "/".join(parts[: depth + 1])
+            child = _open_dir_no_follow(name, fd, shown, create=True)
+            os.close(fd)
+            fd = child
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in forbidden_dirs:
+                raise UnsafeTarget(f"{shown} is a source folder")
+        name = parts[-1]
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and forbidden_file is not None and (st.st_dev, st.st_ino) == forbidden_file:
+            raise UnsafeTarget(f"{'/'.join(parts)} is the input file itself")
+        tmp = f".dpe-tmp-{temp_tag or uuid.uuid4().hex[:12]}-{uuid.uuid4().hex[:8]}"
+        tmp_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                         0o666, dir_fd=fd)  # 0666 minus the umask, as a plain open() would
+        try:
+            with os.fdopen(tmp_fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            raise
+    finally:
+        os.close(fd)
 
 
 def list_files(

@@ -355,6 +355,59 @@ def test_unknown_inputs_and_modes_are_refused(quick):
         quick.enhance(np.zeros((8, 8, 5), np.uint8))
 
 
+# ---------------------------------------------------------------------------------------------- strength
+def _strength_cases(generator):
+    """(name, enhancer, mode): every mode, and tiled both at full size and capped (the upsampled-enhancement path)."""
+    quick = Enhancer(generator, device="cpu", working_size=128, compile_apply="off")
+    capped = Enhancer(generator, device="cpu", working_size=128, tiled_max_side=128, tiled_kernels="dilate",
+                      compile_apply="off")
+    return [("full", quick, "full"), ("paper", quick, "paper"), ("tiled", quick, "tiled"),
+            ("tiled-capped", capped, "tiled")]
+
+
+def test_strength_zero_returns_the_input_and_one_the_full_correction_in_every_mode(generator):
+    x = (np.random.default_rng(11).random((150, 230, 3)) * 255).astype(np.uint8)  # larger than the working size
+    for name, enhancer, mode in _strength_cases(generator):
+        full = enhancer.enhance(x, mode=mode)
+        assert np.array_equal(enhancer.enhance(x, mode=mode, strength=1.0), full), name  # today's output
+        none = enhancer.enhance(x, mode=mode, strength=0)
+        reference = x
+        if mode == "paper":  # the working-size copy of the input
+            low = area_downscale(PixelSource(x), working_size(150, 230, 128), torch.device("cpu"))
+            reference = (low.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        assert none.shape == reference.shape and none.dtype == np.uint8, name
+        assert np.abs(none.astype(int) - reference).max() <= 1, name  # within 8-bit rounding
+        assert np.abs(full.astype(int) - reference).max() > 10, name  # the model does change this photo
+
+
+def test_strength_half_is_halfway_in_full_mode_with_guided_upsampling(generator):
+    quick = Enhancer(generator, device="cpu", working_size=128, compile_apply="off")
+    x = np.random.default_rng(12).random((300, 420, 3)).astype(np.float32)  # guided: 420 px from a 128-px fit
+    full, half = quick.enhance(x, strength=1.0), quick.enhance(x, mode="full", strength=0.5)
+    inside = (full > 0) & (full < 1)  # outputs are clipped to [0, 1]: compare where the full correction is not
+    assert inside.mean() > 0.5 and np.abs(full - x).mean() > 0.02
+    np.testing.assert_allclose(half[inside], (0.5 * full + 0.5 * x)[inside], atol=2e-5, rtol=0)
+    paper_full, paper_half = quick.enhance(x, "paper"), quick.enhance(x, "paper", strength=0.5)
+    assert np.abs(paper_half - paper_full).mean() > 0.01
+
+
+def test_blend_with_identity_equals_blending_the_outputs():
+    from dpe_core.guided import blend_with_identity
+
+    coeffs = torch.randn(1, 12, 6, 7)
+    image = torch.rand(1, 3, 6, 7)
+    for s in (0.0, 0.25, 0.5, 1.0):
+        blended = apply_coefficients(blend_with_identity(coeffs, s), image)
+        torch.testing.assert_close(blended, s * apply_coefficients(coeffs, image) + (1 - s) * image)
+    assert blend_with_identity(coeffs, 1.0) is coeffs
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan"), float("inf"), None, "strong"])
+def test_invalid_strength_is_refused(quick, strength):
+    with pytest.raises(ValueError, match=r"strength must be a number in \[0, 1\]"):
+        quick.enhance(np.zeros((8, 8, 3), np.uint8), strength=strength)
+
+
 # ---------------------------------------------------------------------------------------------- model files
 def test_from_pretrained_any_fsspec_uri(generator, tmp_path):
     save_model(generator, "memory://dpe-test/m.safetensors")

@@ -127,14 +127,14 @@ def test_local_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_encoder_failure_writes_nothing(tmp_path, monkeypatch):
-    import dpe_core.io.photo as photo_module
+    import dpe_core.io.readwrite as readwrite_module
 
     photo = decode_photo(_jpeg(), "in.jpg")
 
     def boom(*a, **k):
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(photo_module, "encode_photo", boom)
+    monkeypatch.setattr(readwrite_module, "encode_photo", boom)
     with pytest.raises(RuntimeError):
         write_photo(photo, str(tmp_path / "x.jpg"))
     assert list(tmp_path.iterdir()) == []
@@ -260,7 +260,7 @@ def test_photo_dataclass_fields():
 
 def test_dpe_core_io_imports_no_orchestration():
     code = (
-        "import sys, dpe_core.io, dpe_core.io.photo, dpe_core.io.summary; "
+        "import sys, dpe_core.io, dpe_core.io.photo, dpe_core.io.decode, dpe_core.io.encode, dpe_core.io.summary; "
         "bad = [m for m in ('prefect', 'dask', 'distributed') if m in sys.modules]; "
         "assert not bad, bad"
     )

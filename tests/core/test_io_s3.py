@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dpe_core.io import StorageError, read_photo, write_photo
-from dpe_core.io import photo as photo_module
+from dpe_core.io import readwrite as readwrite_module
 from dpe_core.io.storage import list_files, read_bytes
 from tests.core.exiftool_support import (  # noqa: F401  (fixtures: sources stay untouched)
     MUST_CHANGE,
@@ -104,7 +104,7 @@ def test_s3_encoder_failure_leaves_no_object(testdata, s3, monkeypatch):
     def broken_encoder(*args, **kwargs):
         raise RuntimeError("encoder crashed mid-way")
 
-    monkeypatch.setattr(photo_module, "encode_photo", broken_encoder)
+    monkeypatch.setattr(readwrite_module, "encode_photo", broken_encoder)
     out = f"s3://{BUCKET}/out/broken.jpg"
     with pytest.raises(RuntimeError):
         write_photo(photo, out, **opts)
