@@ -50,6 +50,11 @@ class AdaptiveLambdaConfig(BaseModel):
     After each critic step: m <- decay*m + (1-decay)*P. When at least `cooldown` steps have passed since
     the last change: m > upper -> lambda *= increase_factor, m <- 0 (the release); m < lower ->
     lambda *= decrease_factor (the paper's decrease, which the release never did).
+
+    The decrease stops at ``min_value``, which defaults to ``initial``: lambda comes back down after it grew but
+    never goes below where it started, as in the release (whose lambda only ever grew). Without that floor a
+    well-behaved critic (P ~ 0) halves lambda every ``cooldown`` steps, 10 -> 1e-3 in ~700 updates, and the
+    penalty stops constraining the critic. Set ``min_value`` below ``initial`` for the paper's unbounded decrease.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -67,8 +72,15 @@ class AdaptiveLambdaConfig(BaseModel):
     reset_average_on_decrease: bool = Field(
         False, description="Keeping m after a decrease avoids shrinking again on an artificially zeroed average."
     )
-    min_value: float = Field(1e-3, gt=0)
+    min_value: float | None = Field(
+        None, gt=0, description="Floor of the decrease; None: the initial value (never below where it started)."
+    )
     max_value: float = Field(1e6, gt=0)
+
+    @property
+    def floor(self) -> float:
+        """The lowest value lambda may take: min_value, or the initial value when min_value is None."""
+        return self.initial if self.min_value is None else self.min_value
 
 
 class AdaptiveLambda:
@@ -94,8 +106,8 @@ class AdaptiveLambda:
             self.value = min(self.value * c.increase_factor, c.max_value)
             if c.reset_average_on_increase:
                 self.moving_average = 0.0
-        elif c.lower > 0 and self.moving_average < c.lower and self.value > c.min_value:
-            self.value = max(self.value * c.decrease_factor, c.min_value)
+        elif c.lower > 0 and self.moving_average < c.lower and self.value > c.floor:
+            self.value = max(self.value * c.decrease_factor, c.floor)
             if c.reset_average_on_decrease:
                 self.moving_average = 0.0
         else:
@@ -122,11 +134,9 @@ class AdaptiveLambda:
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared error over the valid (unpadded) region; a, b [B,C,H,W], mask [B,1,H,W] in {0,1}."""
-    if mask is None:
-        return torch.mean((a - b) ** 2)
-    diff = ((a - b) ** 2) * mask
-    return diff.sum() / (mask.sum() * a.shape[1]).clamp(min=1)
+    """MSE over the valid (unpadded) region of each image, then averaged over the batch (every image counts
+    the same, whatever its padding); a, b [B,C,H,W], mask [B,1,H,W] in {0,1}."""
+    return per_image_mse(a, b, mask).mean()
 
 
 def per_image_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,6 +147,10 @@ def per_image_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = 
     return (sq * mask).flatten(1).sum(1) / (mask.flatten(1).sum(1) * a.shape[1]).clamp(min=1)
 
 
-def psnr_loss(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Supervised loss: mean over images of log10(MSE) (= -PSNR/10 for [0,1] images); minimise it."""
-    return torch.log10(per_image_mse(output, target, mask).clamp(min=1e-10)).mean()
+def psnr_loss(
+    output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None, min_mse: float = 1e-10
+) -> torch.Tensor:
+    """Supervised loss: mean over images of log10(MSE + min_mse) (= -PSNR/10 for [0,1] images); minimise it.
+
+    min_mse softly caps how much an image already reproduced to that precision still pulls (1e-5: 50 dB)."""
+    return torch.log10(per_image_mse(output, target, mask) + min_mse).mean()

@@ -33,4 +33,4 @@ class CriticConfig(BaseModel):
     base_channels: int = Field(16, ge=1)
     leaky_slope: float = 0.2
     head_size: int = Field(16, description="Kernel of the VALID head conv; 16x16 = feature size at 512 input.")
-    init_scale: float = 1.0
+    init_scale: float = Field(1e-3, gt=0, description="Variance-scaling factor of every conv (the release's 1e-3).")

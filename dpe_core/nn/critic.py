@@ -7,14 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpe_core.nn.config import CriticConfig
-from dpe_core.nn.layers import SymmetricConv2d, symmetric_pad
+from dpe_core.nn.layers import SymmetricConv2d, symmetric_pad, variance_scaling_
 
 
 class Critic(nn.Module):
     """x [B,3,H,W] in [0,1] -> one score per image [B].
 
     conv3x3 ->16, then five conv5x5/2 ->32,64,128,128,128, each LeakyReLU(0.2) then affine InstanceNorm;
-    a 16x16 VALID head conv ->1 and the spatial mean. ~1.12 M parameters.
+    a 16x16 VALID head conv ->1 and the spatial mean. ~1.12 M parameters. Every conv starts from the release's
+    fan-in variance scaling (``config.init_scale``, 1e-3 as released; truncated normal, zero bias).
     """
 
     def __init__(self, config: CriticConfig | None = None):
@@ -32,6 +33,9 @@ class Critic(nn.Module):
         self.convs = nn.ModuleList(SymmetricConv2d(i, o, k, s) for i, o, k, s in plan)
         self.norms = nn.ModuleList(nn.InstanceNorm2d(o, affine=True) for _, o, _, _ in plan)
         self.head = SymmetricConv2d(8 * c, 1, config.head_size, valid=True)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                variance_scaling_(module, config.init_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:

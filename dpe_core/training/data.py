@@ -12,6 +12,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from dpe_core.io import read_photo
 from dpe_core.io.storage import join_url, list_files
 from dpe_core.nn.layers import symmetric_pad
-from dpe_core.quality.degradations import Degradation, random_degradation
+from dpe_core.quality.degradations import random_degradation
 
 log = logging.getLogger(__name__)
 
@@ -152,26 +153,51 @@ class DegradedPairData:
     """Synthetic pairs from real photos: input = random global degradation of the photo, target = the photo.
 
     Fresh degradation parameters every draw (seeded by (seed, step)) so the model cannot memorise them.
+    clean_share of the draws are undamaged (input = target). With crop_scale low < 1, each draw takes a random
+    crop covering low..1 of the cached photo's sides (aspect kept within 3:4..4:3 of the photo's own) and
+    resizes it to the training size, except whole_share of the draws, which use the whole photo: crops at
+    several scales multiply what a few dozen photos can teach, whole photos are what inference sees.
     """
 
-    def __init__(self, photos: PhotoSet, augment: bool = True, strength: float = 1.0):
+    def __init__(self, photos: PhotoSet, augment: bool = True, strength: float = 1.0, clean_share: float = 0.0,
+                 crop_scale: tuple[float, float] = (1.0, 1.0), whole_share: float = 1.0, train_size: int | None = None):
         self.photos, self.augment, self.strength = photos, augment, strength
+        self.clean_share, self.crop_scale, self.whole_share = clean_share, crop_scale, whole_share
+        self.size = train_size or photos.size
+        self.wholes = [resize_long_side(img, self.size).clamp(0, 1) if max(img.shape[1:]) > self.size else img
+                       for img in photos.images]
 
     def __len__(self) -> int:
         return len(self.photos)
+
+    def _sample(self, rng: random.Random) -> torch.Tensor:
+        index = rng.randrange(len(self.photos))
+        low, high = self.crop_scale
+        if low >= 1.0 or rng.random() < self.whole_share:
+            return self.wholes[index]
+        image = self.photos.images[index]
+        _, h, w = image.shape
+        area = rng.uniform(low, high) ** 2
+        aspect = 2.0 ** rng.uniform(-0.415, 0.415)  # 3:4 .. 4:3
+        ch = max(8, min(h, round(h * (area / aspect) ** 0.5)))
+        cw = max(8, min(w, round(w * (area * aspect) ** 0.5)))
+        top, left = rng.randrange(h - ch + 1), rng.randrange(w - cw + 1)
+        crop = image[:, top : top + ch, left : left + cw]
+        return resize_long_side(crop, self.size).clamp(0, 1) if max(ch, cw) > self.size else crop
 
     def batch(self, seed: int, step: int, batch_size: int) -> Batch:
         rng = _step_rng(seed, step, 2)
         items = []
         for _ in range(batch_size):
-            target = self.photos.images[rng.randrange(len(self.photos))]
-            degraded = random_degradation(rng, self.strength).apply(target)
-            items.append(_fit_pair(degraded, target, self.photos.size, rng.randrange(8) if self.augment else 0))
+            target = self._sample(rng)
+            degraded = random_degradation(rng, self.strength, self.clean_share).apply(target)
+            items.append(_fit_pair(degraded, target, self.size, rng.randrange(8) if self.augment else 0))
         return Batch(*(torch.stack(t) for t in zip(*items, strict=True)))
 
-    def fixed_pairs(self, degradations: Sequence[Degradation]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Deterministic evaluation pairs: photo i degraded by degradations[i % len]."""
-        return [(degradations[i % len(degradations)].apply(img), img) for i, img in enumerate(self.photos.images)]
+    def fixed_pairs(self, degradations: Sequence[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Deterministic evaluation pairs of whole photos: photo i degraded by degradations[i % len]
+        (anything with ``apply([3,H,W]) -> [3,H,W]``)."""
+        return [(degradations[i % len(degradations)].apply(img), img) for i, img in enumerate(self.wholes)]
 
 
 def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from dpe_core.inference import pick_device
+from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelInfo, load_model, save_model
 from dpe_core.quality.degradations import benchmark_degradations
 from dpe_core.quality.metrics import psnr
@@ -44,6 +45,38 @@ def _split(urls: list[str], holdout: int, what: str) -> tuple[list[str], list[st
     return (urls[: len(urls) - holdout], urls[len(urls) - holdout :]) if holdout else (urls, [])
 
 
+def _degraded_data(config: TrainConfig) -> TrainingData:
+    """Synthetic pairs from real photos: named validation split (or the last `holdout`), test split never read."""
+    d, size, so = config.data, config.image_size, config.data.storage_options
+    urls = [u for u in list_images(d.degrade_url, **so) if _name(u) not in set(d.exclude_names)]
+    if d.val_names:
+        missing = set(d.val_names) - {_name(u) for u in urls}
+        if missing:
+            raise ValueError(f"{d.degrade_url}: validation photos not found: {', '.join(sorted(missing))}")
+        train_urls = [u for u in urls if _name(u) not in set(d.val_names)]
+        holdout_urls = [u for u in urls if _name(u) in set(d.val_names)]
+    else:
+        train_urls, holdout_urls = _split(urls, d.holdout, d.degrade_url)
+    data = DegradedPairData(
+        PhotoSet(train_urls, d.load_size or size, **so), config.augment, d.degrade_strength, d.clean_share,
+        tuple(d.crop_scale), d.whole_share, train_size=size,
+    )
+    eval_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if holdout_urls:
+        held = DegradedPairData(PhotoSet(holdout_urls, size, **so), augment=False)
+        n = len(holdout_urls)
+        degradations = benchmark_degradations(n * d.eval_degradations, seed=config.seed)
+        for k in range(d.eval_degradations):
+            eval_pairs += held.fixed_pairs(degradations[k * n : (k + 1) * n])
+        if d.clean_share > 0:  # no-harm pairs: a good photo's best output is itself
+            eval_pairs += [(img, img) for img in held.wholes]
+    return TrainingData(data, eval_pairs, train_urls, holdout_urls)
+
+
+def _name(url: str) -> str:
+    return url.rsplit("/", 1)[-1]
+
+
 def build_data(config: TrainConfig) -> TrainingData:
     """Read and cache the photos named by config.data at config.image_size."""
     d, size, so = config.data, config.image_size, config.data.storage_options
@@ -57,13 +90,7 @@ def build_data(config: TrainConfig) -> TrainingData:
             train_urls=source + reference,
         )
     if d.degrade_url is not None:
-        train_urls, holdout_urls = _split(list_images(d.degrade_url, **so), d.holdout, d.degrade_url)
-        data = DegradedPairData(PhotoSet(train_urls, size, **so), config.augment, d.degrade_strength)
-        eval_pairs = []
-        if holdout_urls:
-            held = DegradedPairData(PhotoSet(holdout_urls, size, **so), augment=False)
-            eval_pairs = held.fixed_pairs(benchmark_degradations(len(holdout_urls), seed=config.seed))
-        return TrainingData(data, eval_pairs, train_urls, holdout_urls)
+        return _degraded_data(config)
     if d.input_url is None:
         raise ValueError(f"{config.mode} training needs data.input_url + data.target_url or data.degrade_url")
     inputs = list_images(d.input_url, **so)
@@ -95,19 +122,33 @@ def build_data(config: TrainConfig) -> TrainingData:
 
 @torch.no_grad()
 def evaluate(generator: torch.nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    """Mean PSNR (dB) of clip(G(input)) and of the identity baseline against the targets, at training size."""
+    """Mean PSNR (dB) at training size of clip(G(input)) and of the identity baseline against the targets.
+
+    Pairs whose input is the target (undamaged photos) are scored apart as eval_noharm_psnr (how little the
+    model changes a good photo); the others give eval_psnr and eval_identity_psnr.
+    """
     if not pairs:
         return {}
     was_training = generator.training
     generator.eval()
     device = next(generator.parameters()).device
-    model, identity = [], []
+    model, identity, noharm = [], [], []
     for x, y in pairs:
-        out = generator(x[None].to(device), domain=0)[0].cpu()
-        model.append(psnr(out, y))
-        identity.append(psnr(x, y))
+        # As the Enhancer runs it (and as training saw it): symmetric-padded to a square, output cropped.
+        h, w = x.shape[-2:]
+        side = max(h, w)
+        padded = symmetric_pad(x[None], (0, side - w, 0, side - h)).to(device)
+        out = generator(padded, domain=0)[0, :, :h, :w].clamp(0, 1).cpu()
+        if x is y or torch.equal(x, y):
+            noharm.append(psnr(out, y))
+        else:
+            model.append(psnr(out, y))
+            identity.append(psnr(x, y))
     generator.train(was_training)
-    return {"eval_psnr": sum(model) / len(model), "eval_identity_psnr": sum(identity) / len(identity)}
+    metrics = {"eval_noharm_psnr": sum(noharm) / len(noharm)} if noharm else {}
+    if model:
+        metrics |= {"eval_psnr": sum(model) / len(model), "eval_identity_psnr": sum(identity) / len(identity)}
+    return metrics
 
 
 @dataclass
@@ -193,6 +234,8 @@ def export_model(
             "config": config.model_dump(mode="json"),
             "train_photos": [u.rsplit("/", 1)[-1] for u in result.data.train_urls],
             "holdout_photos": [u.rsplit("/", 1)[-1] for u in result.data.holdout_urls],
+            # Never read in training nor used to choose a checkpoint: `dpe quality` scores on these by default.
+            "test_photos": list(config.data.exclude_names),
         }
         | (card or {}),
         metrics={k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},

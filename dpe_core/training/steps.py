@@ -22,6 +22,7 @@ from dpe_core.losses import (
     generator_adversarial_loss,
     gradient_penalty,
     masked_mse,
+    per_image_mse,
     psnr_loss,
 )
 from dpe_core.nn import build_critic, build_generator
@@ -62,6 +63,10 @@ class GANStep:
         self.iteration = 0
 
     # -- bookkeeping -------------------------------------------------------------------------------
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast of a forward pass when config.precision asks for it (weights stay fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+
     def modules(self) -> dict[str, nn.Module]:
         return {n: getattr(self, n) for n in self.generator_names + self.critic_names}
 
@@ -98,6 +103,19 @@ class GANStep:
     def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
         raise NotImplementedError
 
+    @staticmethod
+    def _critic_fakes(generator: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """G(x) for the critic, as the release computes it: inference-mode batch norm (running statistics),
+        no gradient. The generator's running statistics therefore move only in its own update, never in a
+        critic-only iteration; its train/eval mode is restored afterwards."""
+        was_training = generator.training
+        generator.eval()
+        try:
+            with torch.no_grad():
+                return generator(x, domain=0)
+        finally:
+            generator.train(was_training)
+
     def generator_phase(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
 
@@ -131,9 +149,8 @@ class TwoWayGANStep(GANStep):
     critic_names = ("d_x", "d_y")
 
     def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
-        with torch.no_grad():
-            fake_y = self.g_x(batch.x, domain=0)
-            fake_x = self.g_y(batch.y, domain=0)
+        fake_y = self._critic_fakes(self.g_x, batch.x)
+        fake_x = self._critic_fakes(self.g_y, batch.y)
         return self._critic_update(
             [("lambda_y", self.d_y, batch.y, fake_y), ("lambda_x", self.d_x, batch.x, fake_x)], rng
         )
@@ -167,8 +184,7 @@ class OneWayGANStep(GANStep):
     critic_names = ("d_y",)
 
     def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
-        with torch.no_grad():
-            fake_y = self.g_x(batch.x, domain=0)
+        fake_y = self._critic_fakes(self.g_x, batch.x)
         return self._critic_update([("lambda_y", self.d_y, batch.y, fake_y)], rng)
 
     def generator_phase(self, batch: Batch) -> dict[str, float]:
@@ -187,7 +203,8 @@ class OneWayGANStep(GANStep):
 
 
 class SupervisedStep(GANStep):
-    """Generator alone, maximising PSNR: loss = mean(log10 MSE) over the valid region."""
+    """Generator alone: loss = mean(log10(MSE + min_mse)) (maximise PSNR, the release) or mean MSE, over the
+    valid region of each image."""
 
     generator_names = ("g_x",)
 
@@ -196,11 +213,23 @@ class SupervisedStep(GANStep):
 
     def generator_phase(self, batch: Batch) -> dict[str, float]:
         self.opt_g.zero_grad(set_to_none=True)
-        out = self.g_x(batch.x, domain=0)
-        loss = psnr_loss(out, batch.y, batch.x_mask)
+        freeze = self.config.freeze_bn_after is not None and self.iteration >= self.config.freeze_bn_after
+        for module in self.g_x.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.train(self.g_x.training and not freeze)
+        with self.autocast():
+            out = self.g_x(batch.x, domain=0)
+        out = out.float()
+        if self.config.supervised_loss == "mse":
+            errors = per_image_mse(out, batch.y, batch.x_mask)
+            loss = errors.mean()
+            train_psnr = float(-10 * torch.log10(errors.detach() + 1e-10).mean())
+        else:
+            loss = psnr_loss(out, batch.y, batch.x_mask, self.config.min_mse)
+            train_psnr = float(-10 * loss.detach())
         loss.backward()
         self.opt_g.step()
-        return {"loss_generator": float(loss.detach()), "train_psnr": float(-10 * loss.detach())}
+        return {"loss_generator": float(loss.detach()), "train_psnr": train_psnr}
 
 
 STEP_CLASSES: dict[str, type[GANStep]] = {

@@ -15,7 +15,7 @@ from dpe_core.losses import (
     masked_mse,
     psnr_loss,
 )
-from dpe_core.nn import build_critic
+from dpe_core.nn import CriticConfig, build_critic
 
 
 class LinearCritic(nn.Module):
@@ -44,10 +44,12 @@ def test_penalty_is_positive_and_linear_for_a_steeper_critic():
 
 def test_penalty_has_gradient_wrt_critic_weights():
     torch.manual_seed(0)
-    critic = build_critic()
+    # A steep critic (unit-variance init): the release's 1e-3 init starts with ||grad D|| far below 1, where the
+    # one-sided penalty is 0 and has no gradient.
+    critic = build_critic(CriticConfig(init_scale=1.0))
     real, fake = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     penalty = gradient_penalty(critic, real, fake)
-    assert penalty.requires_grad
+    assert penalty.requires_grad and penalty.item() > 0
     penalty.backward()
     grads = [p.grad for p in critic.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum().item() for g in grads) > 0
@@ -105,11 +107,43 @@ def test_adaptive_lambda_release_behaviour_never_decreases():
 
 
 def test_adaptive_lambda_scripted_sequence_up_then_down():
-    lam = AdaptiveLambda(AdaptiveLambdaConfig(initial=10, cooldown=3, decay=0.5, upper=0.5, lower=0.01))
+    config = AdaptiveLambdaConfig(initial=10, cooldown=3, decay=0.5, upper=0.5, lower=0.01, min_value=1e-3)
+    lam = AdaptiveLambda(config)
     script = [2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     got = [lam.update(p) for p in script]
     # step3: m=1.75>0.5 -> x2, m=0; steps 4-6: m=0 < 0.01 -> /2 at step 6; steps 7-9 -> /2 at step 9
     assert got == [10, 10, 20, 20, 20, 10, 10, 10, 5, 5]
+
+
+def test_adaptive_lambda_never_goes_below_its_initial_value_by_default():
+    lam = AdaptiveLambda()  # defaults: initial 10, the paper's decrease enabled, floor = initial
+    assert lam.config.floor == 10.0
+    assert all(lam.update(0.0) == 10.0 for _ in range(1000))  # a well-behaved critic: P = 0 throughout
+    assert lam.history == []
+
+
+def test_adaptive_lambda_default_goes_up_then_back_down_to_the_floor():
+    lam = AdaptiveLambda(AdaptiveLambdaConfig(cooldown=5, decay=0.5))
+    up = [lam.update(1.0) for _ in range(10)]
+    assert up[4] == 20.0 and up[9] == 40.0  # m > 0.05: doubles after each cooldown
+    down = [lam.update(0.0) for _ in range(100)]
+    assert [v for _, v in lam.history] == [20.0, 40.0, 20.0, 10.0]  # halves back to the initial value, no lower
+    assert down[-1] == 10.0
+
+
+def test_adaptive_lambda_configured_floor_allows_the_papers_decrease():
+    lam = AdaptiveLambda(AdaptiveLambdaConfig(min_value=1e-3))
+    values = [lam.update(0.0) for _ in range(1000)]
+    # Halving every 50 steps: 10 -> 1e-3 (the floor) after ~14 halvings, ~700 updates (the old default).
+    assert values[49] == 5.0
+    assert values[-1] == 1e-3 and min(values) == 1e-3
+    assert 650 <= lam.history[-1][0] <= 750
+
+
+def test_adaptive_lambda_old_config_with_explicit_min_value_still_loads():
+    config = AdaptiveLambdaConfig.model_validate(AdaptiveLambdaConfig(min_value=1e-3).model_dump(mode="json"))
+    assert config.floor == 1e-3
+    assert AdaptiveLambdaConfig.model_validate(AdaptiveLambdaConfig().model_dump(mode="json")).floor == 10.0
 
 
 def test_adaptive_lambda_state_survives_checkpoint_round_trip(tmp_path):
@@ -137,3 +171,19 @@ def test_masked_losses_use_only_the_valid_region():
     assert masked_mse(a, b).item() == 0.5
     b[..., 0, 0] = 0.5
     assert psnr_loss(a, b, mask).item() == pytest.approx(torch.log10(torch.tensor(3 * 0.25 / 24)).item(), rel=1e-5)
+
+
+def test_masked_mse_averages_per_image_then_over_the_batch():
+    # Two images with different valid areas: a pooled mean over all valid pixels would weight the larger one more.
+    a = torch.zeros(2, 3, 4, 4)
+    b = torch.zeros(2, 3, 4, 4)
+    b[0] = 1.0  # image 0: error 1 everywhere, valid area 4 pixels
+    b[1] = 0.5  # image 1: error 0.25 everywhere, valid area 16 pixels
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, :, :2, :2] = 1
+    mask[1] = 1
+    assert masked_mse(a, b, mask).item() == pytest.approx((1.0 + 0.25) / 2)
+    pooled = (((a - b) ** 2) * mask).sum() / (mask.sum() * 3)
+    assert pooled.item() == pytest.approx((4 * 1.0 + 16 * 0.25) / 20)  # the old formula: 0.4, not 0.625
+    assert masked_mse(a, b, mask).item() != pytest.approx(pooled.item())
+    assert psnr_loss(a, b, mask).item() == pytest.approx((0.0 + torch.log10(torch.tensor(0.25)).item()) / 2)

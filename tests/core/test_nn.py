@@ -14,6 +14,7 @@ from dpe_core.nn import (
     selu,
     symmetric_pad,
 )
+from dpe_core.nn.config import CriticConfig
 from dpe_core.nn.layers import SELU_ALPHA, SELU_SCALE
 
 
@@ -96,6 +97,19 @@ def test_generator_init_is_variance_scaling(generator):
     assert w.std().item() == pytest.approx((1e-3 / fan_in) ** 0.5, rel=0.15)
     assert w.abs().max().item() <= 2 * (1e-3 / fan_in) ** 0.5 / 0.8796 + 1e-9  # truncated at 2 std
     assert torch.count_nonzero(generator.enc4.conv.bias) == 0
+
+
+def test_critic_init_is_variance_scaling_with_init_scale():
+    torch.manual_seed(0)
+    assert build_critic().config.init_scale == 1e-3  # the release's critic init
+    for scale in (1e-3, 1.0):
+        critic = build_critic(CriticConfig(init_scale=scale))
+        for conv in (critic.convs[3], critic.head):
+            w = conv.weight
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            assert w.std().item() == pytest.approx((scale / fan_in) ** 0.5, rel=0.15)
+            assert w.abs().max().item() <= 2 * (scale / fan_in) ** 0.5 / 0.8796 + 1e-9
+            assert torch.count_nonzero(conv.bias) == 0
 
 
 def test_ibn_sets_keep_separate_statistics_and_parameters():

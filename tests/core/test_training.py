@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import glob
 
 import pytest
@@ -54,7 +55,7 @@ def _snapshot(module):
 
 
 def _changed(before, module):
-    """Whether any trainable parameter moved (BN running statistics also move in the critic phase's forward)."""
+    """Whether any trainable parameter moved (BN running statistics move in the generator phase's forward)."""
     return any(not torch.equal(before[k], v) for k, v in module.named_parameters())
 
 
@@ -81,6 +82,51 @@ def test_two_way_cycle_pass_trains_ibn_set_one():
     step.step(_random_batch())
     assert not torch.equal(set1.running_mean, before_mean)  # G_Y saw generated inputs via set 1
     assert set1.weight.grad is not None or not torch.equal(set1.weight, torch.ones_like(set1.weight))
+
+
+def _bn_buffers(module):
+    return {k: v.detach().clone() for k, v in module.named_buffers()}
+
+
+@pytest.mark.parametrize("mode", ["two-way", "one-way"])
+def test_critic_only_iteration_leaves_generator_running_statistics_alone(mode):
+    step = build_step(TrainConfig(mode=mode, **TINY_GAN))  # one generator step per 3 critic steps
+    generators = {n: step.modules()[n] for n in step.generator_names}
+    before = {n: _bn_buffers(g) for n, g in generators.items()}
+    assert any("running_mean" in k for k in before["g_x"])
+    metrics = step.step(_random_batch())  # iteration 1 of 3: critic only
+    assert "loss_critic" in metrics and "loss_generator" not in metrics
+    for name, g in generators.items():
+        assert g.training, f"{name} left in eval mode"
+        for key, value in g.named_buffers():
+            assert torch.equal(before[name][key], value), f"{name}.{key} moved in a critic-only iteration"
+    step.step(_random_batch(seed=1))
+    step.step(_random_batch(seed=2))  # iteration 3: the generator phase updates the statistics
+    assert any(not torch.equal(before["g_x"][k], v) for k, v in step.g_x.named_buffers())
+
+
+@pytest.mark.parametrize("mode", ["two-way", "one-way"])
+def test_critic_fakes_use_inference_mode_batch_norm(mode, monkeypatch):
+    step = build_step(TrainConfig(mode=mode, **(TINY_GAN | {"critic_steps_per_generator_step": 1})))
+    batch = _random_batch()
+    for _ in range(2):  # move the running statistics away from their (0, 1) init first
+        step.step(batch)
+    seen = []
+    update = step._critic_update
+    monkeypatch.setattr(step, "_critic_update", lambda pairs, rng: seen.extend(pairs) or update(pairs, rng))
+    generators = {"lambda_y": (step.g_x, batch.x), "lambda_x": (getattr(step, "g_y", None), batch.y)}
+    expected = {}
+    for lam, (g, x) in generators.items():
+        if g is not None:
+            with torch.no_grad():  # a train-mode forward moves running statistics: run it on a copy
+                expected[lam] = (g.eval()(x, domain=0), copy.deepcopy(g).train()(x, domain=0))
+            g.train()
+    step.critic_phase(batch, torch.Generator().manual_seed(0))
+    assert {lam for lam, *_ in seen} == set(expected)
+    for lam, _critic, _real, fake in seen:
+        eval_out, train_out = expected[lam]
+        assert torch.equal(fake, eval_out)
+        assert not torch.allclose(fake, train_out)  # batch statistics would give a different fake
 
 
 def test_one_way_step_trains_generator_and_single_critic():

@@ -1,0 +1,84 @@
+"""Choose a run's checkpoint on its validation scores and publish it as a model.
+
+    python -m dpe_core.training.select CHECKPOINT_FOLDER --export DIR [--metric eval_psnr] [--min-noharm DB]
+
+Every checkpoint sidecar holds the validation metrics of its iteration (``extra.metrics``, written by the loop
+when eval_every divides checkpoint_every). The choice uses only those (the validation split), never the test
+split, which the training never reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from dpe_core.io.storage import read_bytes
+from dpe_core.nn.modelfile import ModelInfo
+from dpe_core.training.checkpoint import checkpoint_urls, list_checkpoints, load_checkpoint
+from dpe_core.training.config import TrainConfig
+from dpe_core.training.loop import TrainResult, build_data, export_model
+from dpe_core.training.steps import build_step
+
+
+def checkpoint_scores(folder: str, **storage_options) -> list[dict[str, Any]]:
+    """[{iteration, sidecar, metrics}] of every checkpoint in a folder, oldest first."""
+    rows = []
+    for iteration in list_checkpoints(folder, **storage_options):
+        sidecar_url = checkpoint_urls(folder, iteration)[1]
+        sidecar = json.loads(read_bytes(sidecar_url, **storage_options))
+        rows.append({"iteration": iteration, "sidecar": sidecar_url,
+                     "metrics": (sidecar.get("extra") or {}).get("metrics") or {}})
+    return rows
+
+
+def select_checkpoint(folder: str, metric: str = "eval_psnr", min_noharm: float | None = None,
+                      **storage_options) -> dict[str, Any]:
+    """The checkpoint with the highest validation `metric`, among those whose eval_noharm_psnr (dB, at training
+    size) is at least min_noharm when given (falls back to all when none qualifies). Raises when none has it."""
+    rows = [r for r in checkpoint_scores(folder, **storage_options) if metric in r["metrics"]]
+    if not rows:
+        raise ValueError(f"{folder}: no checkpoint carries the validation metric {metric!r}")
+    if min_noharm is not None:
+        rows = [r for r in rows if r["metrics"].get("eval_noharm_psnr", 0.0) >= min_noharm] or rows
+    return max(rows, key=lambda r: (r["metrics"][metric], r["iteration"]))
+
+
+def export_checkpoint(sidecar_url: str, uri: str, name: str, version: str, card: dict[str, Any] | None = None,
+                      **storage_options) -> ModelInfo:
+    """Rebuild a run from a checkpoint (its config is in the sidecar) and publish its G_X as a model."""
+    sidecar = json.loads(read_bytes(sidecar_url, **storage_options))
+    config = TrainConfig.model_validate(sidecar["config"])
+    step = build_step(config)
+    load_checkpoint(step, sidecar_url, **storage_options)
+    data = build_data(config)
+    metrics = (sidecar.get("extra") or {}).get("metrics") or {}
+    result = TrainResult(step.iteration, metrics, sidecar_url, step, data, 0.0)
+    chosen = {"chosen_checkpoint": sidecar_url.rsplit("/", 1)[-1]}
+    return export_model(result, uri, name, version, (card or {}) | chosen, **storage_options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dpe_core.training.select", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="checkpoint folder (fsspec URL)")
+    parser.add_argument("--metric", default="eval_psnr")
+    parser.add_argument("--min-noharm", type=float, default=None, help="dB at training size")
+    parser.add_argument("--export", help="model URI to publish the chosen checkpoint to")
+    parser.add_argument("--name", default="custom")
+    parser.add_argument("--version", default="1")
+    args = parser.parse_args(argv)
+    for row in checkpoint_scores(args.folder):
+        m = row["metrics"]
+        print(f"{row['iteration']:>8} " + " ".join(f"{k}={m[k]:.3f}" for k in sorted(m) if k.startswith("eval_")))
+    best = select_checkpoint(args.folder, args.metric, args.min_noharm)
+    print(f"chosen: iteration {best['iteration']} ({args.metric} {best['metrics'][args.metric]:.3f})")
+    if args.export:
+        info = export_checkpoint(best["sidecar"], args.export, args.name, args.version)
+        print(f"exported {info.name} v{info.version} to {args.export}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
