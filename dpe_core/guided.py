@@ -246,6 +246,20 @@ def fit_affine(
     return _box(coeffs, r)
 
 
+def blend_with_identity(coeffs: torch.Tensor, strength: float) -> torch.Tensor:
+    """Coefficients of ``strength * transform + (1 - strength) * identity``: A' = s A + (1 - s) I, b' = s b.
+
+    coeffs [...,12,h,w] (plane 4*c + k). Applying the result equals ``s * apply(coeffs) + (1 - s) * input`` for
+    every input (the map is linear in its coefficients), so a weaker correction costs nothing at full size.
+    s = 1 returns coeffs unchanged; s = 0 the identity exactly.
+    """
+    if strength == 1.0:
+        return coeffs
+    out = coeffs * strength
+    out[..., [0, 5, 10], :, :] += 1.0 - strength
+    return out
+
+
 def apply_coefficients(coeffs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """coeffs [B,12,h,w] applied to image [B,3,h,w] at the same size (reference / low-resolution use)."""
     c = coeffs.view(coeffs.shape[0], 3, 4, *coeffs.shape[-2:])

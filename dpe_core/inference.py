@@ -3,6 +3,7 @@
     enhancer = Enhancer.from_pretrained("default")          # bundled name, or any fsspec URI of a model file
     out = enhancer.enhance(image, mode="full")               # same kind, size and dtype as `image`
     outs = enhancer.enhance_batch([a, b, c], mode="full")
+    out = enhancer.enhance(image, strength=0.5)              # half the correction (0: the original, 1: all of it)
 
 Images: numpy HxWx3 / HxWx4 / HxW (uint8, uint16, float32/float64 in [0,1]), PIL images, torch tensors [3,H,W] or
 [B,3,H,W] (float in [0,1]), Photo objects (anything with ``.pixels`` and ``.with_pixels``; alpha rides along
@@ -30,6 +31,14 @@ Modes and their trade-offs (the network is trained at 512 px; photos are 12-100 
     upsampled bilinearly and added to the full-resolution photo, so the output keeps the input's size. Cost grows
     like (pixels at the capped size) x r^2 (r^4 with resized kernels): hundreds of 512-px forwards.
 
+Strength (``strength`` in [0, 1], default 1, per call): blends the correction with the original, so a user can dial
+the effect down without retraining: output = s * enhanced + (1 - s) * original, computed before clipping and
+rounding (s = 0 gives the input back, to 8/16-bit rounding; s = 1 is the full correction, unchanged). ``full``
+folds it into the fitted coefficients (A' = s A + (1 - s) I, b' = s b; dpe_core.guided.blend_with_identity), so
+the full-resolution apply is one pass at the same cost; ``paper`` blends the net's output with the working-size
+input; ``tiled`` blends its output with its input at the tiled size (so the capped path carries s times the
+enhancement to full size). Anything outside [0, 1] (or NaN) raises ValueError.
+
 Performance (measured numbers: benchmarks/enhance_speed.py):
 - the net runs as a FoldedGenerator (batch norm and SELU scale folded into the next conv, exact), under
   ``torch.inference_mode``, batched (``batch_size``), channels_last (default; ``channels_last=False`` to disable),
@@ -46,6 +55,7 @@ Performance (measured numbers: benchmarks/enhance_speed.py):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -66,6 +76,7 @@ from dpe_core.guided import (
     StripKernel,
     apply_affine,
     area_downscale,
+    blend_with_identity,
     fit_affine,
     resize_plane,
     working_size,
@@ -131,7 +142,12 @@ class _Job:
 
 
 class Enhancer:
-    """Enhance photos with a generator at any resolution (see the module docstring for modes and options)."""
+    """Enhance photos with a generator at any resolution (see the module docstring for modes and options).
+
+    Per call: ``mode`` and ``strength`` in [0, 1] (default 1), the share of the correction applied: the output is
+    ``strength * enhanced + (1 - strength) * original`` (0 returns the input, to 8/16-bit rounding); ``full`` folds
+    it into the guided coefficients, so the full-resolution apply is still one pass. Invalid values raise ValueError.
+    """
 
     def __init__(
         self,
@@ -198,20 +214,22 @@ class Enhancer:
         return cls(generator, info, device=device, **options)
 
     # ------------------------------------------------------------------ public API
-    def enhance(self, image: Any, mode: Mode = "full") -> Any:
+    def enhance(self, image: Any, mode: Mode = "full", strength: float = 1.0) -> Any:
         """Enhance one image; returns the same kind (and size, except mode="paper") as given.
 
-        A [B,3,H,W] tensor is a batch and returns [B,3,H,W].
+        A [B,3,H,W] tensor is a batch and returns [B,3,H,W]. ``strength`` in [0, 1]: how much of the correction
+        to apply (0: the original, 1: all of it; see the module docstring).
         """
         if isinstance(image, torch.Tensor) and image.ndim == 4:
-            outs = self.enhance_batch(list(image), mode)
+            outs = self.enhance_batch(list(image), mode, strength)
             return torch.stack(outs)
-        return self.enhance_batch([image], mode)[0]
+        return self.enhance_batch([image], mode, strength)[0]
 
-    def enhance_batch(self, images: Sequence[Any], mode: Mode = "full") -> list[Any]:
+    def enhance_batch(self, images: Sequence[Any], mode: Mode = "full", strength: float = 1.0) -> list[Any]:
         """Enhance several images; the working-size forwards are batched (batch_size at a time)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        strength = check_strength(strength)
         clock = _Clock(self.device if self.options.sync_timings else None)
         jobs = [self._job(image) for image in images]
         clock.lap("read")
@@ -224,7 +242,7 @@ class Enhancer:
             clock.lap("network" if mode != "tiled" else "global feature")
             results = []
             for job in jobs:
-                results.append(job.finish(self._finish(job, mode, clock)))
+                results.append(job.finish(self._finish(job, mode, clock, strength)))
                 clock.lap("apply")
         self.last_timings = clock.laps
         return results
@@ -251,19 +269,22 @@ class Enhancer:
             for j, o in zip(chunk, out, strict=True):
                 j.net_out = o[:, : j.low.shape[1], : j.low.shape[2]]
 
-    def _finish(self, job: _Job, mode: str, clock: _Clock) -> Any:
+    def _finish(self, job: _Job, mode: str, clock: _Clock, strength: float = 1.0) -> Any:
         if mode == "paper":
-            return _to_storage(job.net_out, job.src)
+            out = job.net_out if strength == 1.0 else torch.lerp(job.low, job.net_out, strength)
+            return _to_storage(out, job.src)
         if mode == "full":
             coeffs = fit_affine(job.low[None], job.net_out[None], self._radius(), self.options.guided_eps)[0]
+            # Strength folded into the coefficients: the full-size apply stays one pass at the same cost.
+            coeffs = blend_with_identity(coeffs, strength)
             clock.lap("fit")
             return apply_affine(job.src, coeffs, self.device, self.options.strip_pixels, self._kernel_for(job.src))
-        return self._tiled(job, clock)
+        return self._tiled(job, clock, strength)
 
     def _radius(self) -> int:
         return max(1, round(self.options.guided_radius * self.working / 512))
 
-    def _tiled(self, job: _Job, clock: _Clock) -> Any:
+    def _tiled(self, job: _Job, clock: _Clock, strength: float = 1.0) -> Any:
         opts, src = self.options, job.src
         big_h, big_w = src.height, src.width
         cap = opts.tiled_max_side
@@ -292,6 +313,8 @@ class Enhancer:
                     res = net(x[None, :, ey0:ey1, ex0:ex1], global_vector=g)
                 out[:, y0:y1, x0:x1] = res[0, :, y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0].float()
         clock.lap("tiles")
+        if strength != 1.0:
+            out = torch.lerp(x, out, strength)
         if (ht, wt) == (big_h, big_w):
             return _to_storage(out, src)
         # Capped: add the bilinearly upsampled enhancement (out - x at the capped size) to the full-size photo,
@@ -364,6 +387,19 @@ class Enhancer:
 
 
 # ---------------------------------------------------------------------- helpers (module level: no state)
+def check_strength(strength: Any) -> float:
+    """strength as a float in [0, 1]; anything else (out of range, NaN, not a number) raises ValueError."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise ValueError(
+            f"strength must be a number in [0, 1] (0: the original, 1: the full correction), got {strength!r}"
+        )
+    return value
+
+
 class _Clock:
     """Accumulates wall time per stage name (synchronising CUDA first when given a CUDA device)."""
 
@@ -488,4 +524,4 @@ def _tensor_job(tensor: torch.Tensor) -> _Job:
     return _Job(PixelSource(tensor.detach()), lambda out: out.to(dtype))
 
 
-__all__ = ["MODES", "Enhancer", "EnhancerOptions", "Mode", "ModelFileError", "pick_device"]
+__all__ = ["MODES", "Enhancer", "EnhancerOptions", "Mode", "ModelFileError", "check_strength", "pick_device"]
