@@ -16,6 +16,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from tasks.paths import printable
+
 MAX_FAILURES_LISTED = 50
 
 
@@ -48,7 +50,7 @@ class Progress:
 
 
 def _escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return printable(text).replace("|", "\\|").replace("\n", " ")
 
 
 def counts_table(summary: dict[str, Any], key: str | None, description: str) -> None:

@@ -149,9 +149,10 @@ def _finish(state, what: str) -> dict[str, Any]:
         except Exception as exc:  # the result may be unavailable
             error = exc
         from flows.cluster import ClusterError
+        from tasks.paths import DestinationError
         from tasks.registry import ModelNotFound
 
-        usage = isinstance(error, ValidationError | ModelNotFound | ClusterError)
+        usage = isinstance(error, ValidationError | ModelNotFound | ClusterError | DestinationError)
         raise typer.Exit(EXIT_USAGE if usage else EXIT_RUN_FAILED)
     return state.result()
 
@@ -165,6 +166,8 @@ def enhance(
     dst: str = typer.Argument(..., help="Destination folder: enhanced photos at the same relative paths."),
     model: str = typer.Option("default", "--model", "-m", help="Registry name[:version], bundled name, or URI."),
     mode: Mode = typer.Option("full", help="full (guided upsampling), paper (working size), tiled."),
+    strength: float = typer.Option(1.0, "--strength",
+                                   help="How much of the correction to apply, 0..1 (0: the original, 1: all of it)."),
     workers: int | None = typer.Option(None, help="Local Dask workers (default: sized to the machine)."),
     dask_address: str | None = typer.Option(None, help="Use a running Dask scheduler (tcp://host:8786)."),
     shard_size: int | None = typer.Option(None, help="Photos per task (default: ~3 shards per worker)."),
@@ -178,6 +181,12 @@ def enhance(
     device: Device = typer.Option("auto", help="auto: GPU workers when available."),
     torch_threads: int | None = typer.Option(None, help="torch threads per worker."),
     max_pixels: int = typer.Option(120_000_000, help="Refuse larger photos (decompression-bomb guard)."),
+    decode_timeout: float = typer.Option(120.0, "--decode-timeout",
+                                         help="Per-photo decode time limit in seconds (0: decode in the worker)."),
+    max_inflight_mb: int = typer.Option(1024, "--max-inflight-mb",
+                                        help="MiB per worker for photos read ahead / written behind the model."),
+    lock_wait: float = typer.Option(0.0, "--lock-wait",
+                                    help="Seconds to wait when another run holds DST (default: exit 3 at once)."),
     registry: str | None = typer.Option(None, help="Model registry URL (default $DPE_REGISTRY or ~/.dpe/models)."),
     storage_block: str | None = typer.Option(None, help="Prefect Secret block with fsspec options."),
     json_summary: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
@@ -186,13 +195,16 @@ def enhance(
     """Enhance every photo under SRC into DST (skips what is already done; report and manifest in DST/.dpe)."""
     try:
         params = EnhanceParams(
-            source_url=src, dest_url=dst, model=model, mode=mode, workers=workers, dask_address=dask_address,
-            shard_size=shard_size, overwrite=overwrite, include=include, exclude=exclude, formats=formats,
+            source_url=_absolute(src), dest_url=_absolute(dst), model=model, mode=mode, strength=strength,
+            workers=workers, dask_address=dask_address, shard_size=shard_size, overwrite=overwrite, include=include,
+            exclude=exclude, formats=formats,
             output_format=output_format, quality=quality, device=device, torch_threads=torch_threads,
-            max_pixels=max_pixels, registry_url=registry, storage_block=storage_block)
+            max_pixels=max_pixels, registry_url=registry, storage_block=storage_block,
+            decode_timeout_s=decode_timeout, max_inflight_mb=max_inflight_mb, lock_wait_s=lock_wait)
     except ValidationError as exc:
         raise _usage(_validation_message(exc)) from None
     _precheck_source(params.source_url)
+    _precheck_destinations(params.source_url, [("destination", params.dest_url)])
     _precheck_model(params.model, params.registry_url or default_registry())
 
     with prefect_api(verbose):
@@ -223,11 +235,31 @@ def enhance(
     raise typer.Exit(EXIT_FAILED_FILES if summary["counts"].get("error") else EXIT_OK)
 
 
-def _precheck_source(url: str) -> None:
-    from tasks.common import fs_root
+def _absolute(url: str) -> str:
+    """A local path made absolute (the flow's Dask workers may run elsewhere than this shell's folder); links are
+    kept as given (realpath is for comparing places, not for naming them); URLs unchanged."""
+    if "://" in url or "::" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def _precheck_destinations(source_url: str, destinations: list[tuple[str, str]]) -> None:
+    """Exit 2 before any work when a destination is the source, lies inside it or contains it (real paths:
+    symlinks, '..', '//', file://, bind mounts; object stores: protocol family and normalised keys)."""
+    from tasks.paths import DestinationError, check_destinations
 
     try:
-        fs, root = fs_root(url)
+        check_destinations(source_url, destinations)
+    except DestinationError as exc:
+        raise _usage(str(exc)) from None
+
+
+def _precheck_source(url: str) -> None:
+    from tasks.paths import Place
+
+    try:
+        place = Place.parse(url)
+        fs, root = place.fs, place.root
         if not fs.exists(root):
             raise _usage(f"source {url} does not exist")
         if fs.isfile(root):
@@ -255,12 +287,16 @@ def _print_enhance_summary(summary: dict[str, Any], as_json: bool) -> None:
     table = Table(title="dpe enhance", show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    by_policy = (summary.get("not_read") or {}).get("skipped", 0)
     rows = [("photos", summary["total"]), ("enhanced", counts.get("ok", 0)),
-            ("skipped (done)", counts.get("skipped", 0)),
-            ("failed", f"[red]{counts.get('error', 0)}[/red]" if counts.get("error") else 0),
-            ("model", summary["model"]), ("mode", summary["mode"]), ("workers", summary.get("workers")),
-            ("photos/s", summary.get("photos_per_s")), ("time", f"{summary.get('total_s')} s"),
-            ("report", summary.get("report_url"))]
+            ("skipped (done)", counts.get("skipped", 0) - by_policy)]
+    if by_policy:
+        rows.append(("not read (link policy)", f"[yellow]{by_policy}[/yellow] (see the report)"))
+    rows += [("failed", f"[red]{counts.get('error', 0)}[/red]" if counts.get("error") else 0),
+             ("model", summary["model"]), ("mode", summary["mode"]), ("strength", summary.get("strength", 1.0)),
+             ("workers", summary.get("workers")),
+             ("photos/s", summary.get("photos_per_s")), ("time", f"{summary.get('total_s')} s"),
+             ("report", summary.get("report_url"))]
     for key, value in rows:
         table.add_row(key, str(value))
     console.print(table)
@@ -289,13 +325,15 @@ def ingest(
 ) -> None:
     """Validate photos (decodable, size, mode), hash them, summarise EXIF into DST/manifest.jsonl."""
     try:
-        params = IngestParams(source_url=src, dest_url=dst, copies=copies, copy_size=copy_size, min_side=min_side,
+        params = IngestParams(source_url=_absolute(src), dest_url=_absolute(dst), copies=copies, copy_size=copy_size,
+                              min_side=min_side,
                               max_pixels=max_pixels, include=include, exclude=exclude, formats=formats,
                               workers=workers, dask_address=dask_address, shard_size=shard_size,
                               storage_block=storage_block)
     except ValidationError as exc:
         raise _usage(_validation_message(exc)) from None
     _precheck_source(params.source_url)
+    _precheck_destinations(params.source_url, params.destinations())
     with prefect_api(verbose):
         from flows.ingest import ingest_dataset
 
@@ -305,8 +343,9 @@ def ingest(
     if json_summary:
         out.print_json(json.dumps(summary, default=str))
     else:
-        console.print(f"{summary['valid']} valid, {summary['invalid']} invalid, {summary['duplicates']} duplicates "
-                      f"of {summary['total']} files; manifest {summary['manifest_url']}")
+        not_read = f", {summary['skipped']} not read (link policy)" if summary.get("skipped") else ""
+        console.print(f"{summary['valid']} valid, {summary['invalid']} invalid{not_read}, {summary['duplicates']} "
+                      f"duplicates of {summary['total']} files; manifest {summary['manifest_url']}")
     raise typer.Exit(EXIT_FAILED_FILES if summary["invalid"] else EXIT_OK)
 
 
@@ -431,6 +470,42 @@ def models(
     out.print(table)
     if bundled:
         out.print(f"bundled: {', '.join(bundled)}")
+
+
+# ------------------------------------------------------------------------------------------------ quality
+
+
+@app.command()
+def quality(
+    photos: str | None = typer.Option(None, help="Folder of undamaged photos (default: the shared natural photos, "
+                                      "restricted to the first model's test split)."),
+    model: list[str] = typer.Option([], help="Model name or URI (repeatable; default: the bundled 'default')."),
+    family: list[str] = typer.Option([], help="Defect family A (training) or B (never trained on); default both."),
+    max_side: int | None = typer.Option(None, help="Reduce photos to this long side first (default: full size)."),
+    all_photos: bool = typer.Option(False, "--all-photos", help="Every photo of the folder, not the test split."),
+    names: str | None = typer.Option(None, help="Comma-separated file names to score (overrides the split)."),
+    mode: str = typer.Option("full", help="Enhancer mode: full, paper or tiled."),
+    strength: float | None = typer.Option(None, help="Enhancer strength in [0, 1]."),
+    out_dir: str | None = typer.Option(None, "--out", help="Folder for the contact sheets (PNG)."),
+) -> None:
+    """Score models against classical baselines on damaged real photos: PSNR, SSIM, CIEDE2000, no-harm."""
+    import subprocess
+
+    # The measurement needs torch; it runs as `python -m dpe_core.quality` so this process stays torch-free.
+    argv = [sys.executable, "-m", "dpe_core.quality", "--mode", mode]
+    for flag, value in (("--photos", photos), ("--max-side", max_side), ("--strength", strength),
+                        ("--out", out_dir), ("--names", names)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for reference in model:
+        argv += ["--model", reference]
+    for name in family:
+        if name not in ("A", "B"):
+            raise _usage(f"--family must be A or B, not {name!r}")
+        argv += ["--family", name]
+    if all_photos:
+        argv.append("--all-photos")
+    raise typer.Exit(subprocess.call(argv))
 
 
 # ------------------------------------------------------------------------------------------------- server

@@ -25,21 +25,18 @@ from prefect.states import Completed
 from flows.artifacts import Progress, artifact_key, counts_table, publish_summary, summary_markdown
 from flows.cluster import ClusterInfo, dask_cluster
 from flows.params import EnhanceParams, default_registry
-from tasks.common import dumps_jsonl, join, lpt_shards, read_jsonl, use_storage_block, write_json
 from tasks.enhance import EnhanceJob, Shard, ShardResult, enhance_shard
-from tasks.manifest import (
-    Plan,
-    WorkItem,
-    clear_records,
-    merge_state,
-    plan,
-    records_root,
-    run_url,
-    settings_key,
-    write_manifest,
-)
+from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
+from tasks.lease import DestinationLock, describe
+from tasks.listing import Listing
+from tasks.manifest import clear_records, load_state, merge_state, records_root, run_url, write_manifest
+from tasks.paths import check_destinations, join, printable
+from tasks.plan import Plan, WorkItem, plan, settings_key
 from tasks.registry import ModelRef, resolve
+from tasks.sharding import lpt_shards
 from tasks.storage import STORAGE_RETRIES, list_inputs, read_destination
+from tasks.storage_options import use_storage_block
+from tasks.writer import GuardedWriter
 
 # In-process listeners (the CLI's progress bar): called with small event dicts; never part of parameters.
 PROGRESS_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
@@ -104,17 +101,31 @@ def resolve_model(reference: str, registry_url: str | None) -> ModelRef:
     return resolve(reference, registry_url)
 
 
+def run_settings(params: EnhanceParams, model_id: str) -> str:
+    """The settings key of a run: an output recorded with another key is redone (tasks.plan). strength joins it only
+    when it is not 1, so outputs made before strength existed (= strength 1) still count as done."""
+    settings: dict[str, Any] = {"model": model_id, "mode": params.mode, "output_format": params.output_format,
+                                "quality": params.quality, "max_pixels": params.max_pixels}
+    if params.strength != 1.0:
+        settings["strength"] = params.strength
+    return settings_key(settings)
+
+
 @task(name="write-report", **STORAGE_RETRIES)
-def write_report(dest_url: str, run_id: str, records: list[dict[str, Any]], state: dict[str, dict[str, Any]],
-                 summary: dict[str, Any]) -> dict[str, str]:
-    """report.jsonl + summary.json of the run, the merged manifest, then drop the merged shard records."""
+def write_report(dest_url: str, run_id: str, records: list[dict[str, Any]], summary: dict[str, Any],
+                 source_url: str | None = None) -> dict[str, str]:
+    """report.jsonl + summary.json of the run, the merged manifest (all through the destination's guarded
+    writer), then drop the merged shard records.
+
+    The manifest is merged, never last-writer-wins: this run's records go onto the destination's state as it is
+    now (manifest + unmerged shard records, read again here), not as it was when the run planned."""
+    writer = GuardedWriter(dest_url, [source_url] if source_url else [])
     folder = run_url(dest_url, run_id)
     report = join(folder, "report.jsonl")
-    from tasks.common import write_atomic
-
-    write_atomic(report, dumps_jsonl(sorted(records, key=lambda r: r["input"])))
-    manifest = write_manifest(dest_url, merge_state(state, records))
-    write_json(join(folder, "summary.json"), summary | {"report_url": report, "manifest_url": manifest})
+    writer.write_url(report, dumps_jsonl(sorted(records, key=lambda r: r["input"])))
+    manifest = write_manifest(dest_url, merge_state(load_state(dest_url), records), writer)
+    writer.write_url(join(folder, "summary.json"), dumps_json(summary | {"report_url": report,
+                                                                          "manifest_url": manifest}))
     clear_records(dest_url)
     return {"report_url": report, "manifest_url": manifest, "summary_url": join(folder, "summary.json")}
 
@@ -153,6 +164,16 @@ def _lost_shard_records(shard: Shard, job: EnhanceJob, reason: str) -> list[dict
     return out
 
 
+def release_future(future) -> None:
+    """Let Dask forget a finished shard: while the client holds a task's future, a worker that dies holding its
+    result makes Dask compute it again (distributed#7870), i.e. redo a whole finished shard. The result is in
+    hand, so the future is released at once (prefect's as_completed keeps its own references to the end)."""
+    wrapped = getattr(future, "wrapped_future", None)
+    if wrapped is not None:
+        with contextlib.suppress(Exception):
+            wrapped.release()
+
+
 def run_shards(shards: list[Shard], job: EnhanceJob, cluster: ClusterInfo, progress: Progress, total: int,
                already: int) -> tuple[list[dict[str, Any]], list[ShardResult], float]:
     """Submit every shard through a DaskTaskRunner(address=...) and collect results as they finish."""
@@ -169,15 +190,20 @@ def run_shards(shards: list[Shard], job: EnhanceJob, cluster: ClusterInfo, progr
         with annotate:
             futures = {runner.submit(enhance_shard, {"shard": shard, "job": job}): shard for shard in shards}
         for future in as_completed(list(futures)):
-            shard = futures[future]
+            shard = futures.pop(future)
             try:
                 result: ShardResult = future.result()
                 results.append(result)
                 shard_records = result.records
+                if result.attempt > 1:
+                    logger.warning("shard %d ran again after its worker died (attempt %d): %d photos kept from the "
+                                   "earlier attempt", shard.index, result.attempt, result.resumed)
             except Exception as exc:  # worker died (KilledWorker), task crashed: per-file records, not a failure
                 reason = f"shard {shard.index} failed: {type(exc).__name__}: {exc}"
                 logger.error(reason)
                 shard_records = _lost_shard_records(shard, job, reason)
+            finally:
+                release_future(future)
             records.extend(shard_records)
             done += len(shard.items)
             progress.update(done / total if total else 1.0)
@@ -189,31 +215,48 @@ def run_shards(shards: list[Shard], job: EnhanceJob, cluster: ClusterInfo, progr
 
 @flow(name="enhance-archive", description="Bulk-enhance every photo under a source URL into a destination URL.")
 def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
+    """Refuse a destination that is the source (or inside it, or holding it), take the destination's lock
+    (tasks/lease.py: a second run waits up to lock_wait_s, then fails with DestinationLocked: CLI exit 3), run."""
+    logger = get_run_logger()
+    use_storage_block(params.storage_block)
+    # Before any work: a destination that is the source, lies in it or holds it (symlinks, '..', file://, s3a://
+    # ...) is refused (DestinationError: the CLI exits with 2).
+    check_destinations(params.source_url, [("destination", params.dest_url)])
+    ctx = FlowRunContext.get()
+    run_name = ctx.flow_run.name if ctx and ctx.flow_run else "local"
+    with DestinationLock(params.dest_url, run=run_name, wait_s=params.lock_wait_s, on_wait=logger.warning) as lock:
+        if lock.took_over:
+            logger.warning("took over the destination lock of a run that is gone: %s", describe(lock.took_over))
+        return _enhance_locked(params, lock)
+
+
+def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
+    """enhance_archive's work, while this run holds the destination's lock."""
     logger = get_run_logger()
     t_start = time.perf_counter()
-    use_storage_block(params.storage_block)
     registry = params.registry_url or default_registry()
     model = resolve_model(params.model, registry)
-    entries = list_inputs(params.source_url, params.include, params.exclude, list(params.formats),
-                          params.include_hidden, [params.dest_url], params.storage_block)
+    listing: Listing = list_inputs(params.source_url, params.include, params.exclude, list(params.formats),
+                                   params.include_hidden, params.storage_block)
     destination = read_destination(params.dest_url, params.storage_block)
     if destination["removed_temp_files"]:
         logger.warning("removed %d temp files left by an interrupted run", len(destination["removed_temp_files"]))
-    settings = settings_key({"model": model.id, "mode": params.mode, "output_format": params.output_format,
-                             "quality": params.quality, "max_pixels": params.max_pixels})
-    the_plan: Plan = plan(entries, destination["state"], destination["sizes"], settings, params.output_format,
-                          params.overwrite)
+    settings = run_settings(params, model.id)
+    the_plan: Plan = plan(listing.entries, destination["state"], destination["sizes"], settings,
+                          params.output_format, params.overwrite, left_out=listing.left_out)
     run_id = _run_id()
     total = the_plan.total
-    logger.info("%d photos under %s: %d to enhance, %d already done, %d refused; model %s, mode %s",
+    logger.info("%d photos under %s: %d to enhance, %d already done, %d refused, %d not read; model %s, mode %s",
                 total, params.source_url, len(the_plan.todo), len(the_plan.skipped), len(the_plan.errors),
-                model.id, params.mode)
+                len(the_plan.left_out), model.id, params.mode)
+    for record in the_plan.errors + the_plan.left_out:
+        logger.warning("%s: %s", record["status"], printable(record["reason"]))
     _emit({"event": "planned", "total": total, "todo": len(the_plan.todo), "skipped": len(the_plan.skipped)})
     progress = Progress(f"Enhancing {params.source_url} -> {params.dest_url}")
-    done_before = len(the_plan.skipped) + len(the_plan.errors)
+    done_before = total - len(the_plan.todo)
     progress.update(done_before / total if total else 1.0)
 
-    records: list[dict[str, Any]] = list(the_plan.skipped) + list(the_plan.errors)
+    records: list[dict[str, Any]] = the_plan.records
     results: list[ShardResult] = []
     shards: list[Shard] = []
     phase_s, cluster_info, model_load_s = 0.0, None, None
@@ -235,11 +278,14 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
                              next(iter(failed.values())))
             logger.info("model %s loaded on %d workers in %.1f s", model.id, len(warm), model_load_s)
             job = EnhanceJob(model_uri=model.uri, model_id=model.id, device=params.device, mode=params.mode,
+                             strength=params.strength,
                              dest_url=params.dest_url, records_url=join(records_root(params.dest_url), run_id),
+                             source_url=params.source_url,
                              output_format=params.output_format, quality=params.quality,
                              max_pixels=params.max_pixels, torch_threads=cluster_info.torch_threads,
                              settings=settings, storage_block=params.storage_block,
-                             **pipeline_options(cluster_info))
+                             decode_timeout_s=params.decode_timeout_s, max_inflight_mb=params.max_inflight_mb,
+                             owner=lock.owner, **pipeline_options(cluster_info))
             n_shards = shard_count(len(the_plan.todo), cluster_info.workers, params.shard_size)
             shards = make_shards(the_plan.todo, n_shards, params.previews)
             logger.info("%d shards of ~%d photos", len(shards), math.ceil(len(the_plan.todo) / max(1, n_shards)))
@@ -255,7 +301,8 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
     workers = cluster_info.workers if cluster_info else 0
     summary: dict[str, Any] = {
         "run_id": run_id, "source_url": params.source_url, "dest_url": params.dest_url, "model": model.id,
-        "model_uri": model.uri, "mode": params.mode, "settings": settings, "total": total, "counts": counts,
+        "model_uri": model.uri, "mode": params.mode, "strength": params.strength, "settings": settings,
+        "total": total, "counts": counts,
         "shards": len(shards), "workers": workers, "cluster": cluster_info.kind if cluster_info else None,
         "cluster_start_s": round(cluster_info.start_s, 2) if cluster_info else None,
         "phase_s": round(phase_s, 2),
@@ -265,10 +312,17 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
         "idle_per_shard_s": round((phase_s * workers - busy) / len(shards), 3) if shards and workers else None,
         "model_load_s": round(model_load_s, 2) if model_load_s is not None else None,
         "model_wait_s": round(sum(r.model_wait_s for r in results), 2),
+        "shards_rerun": sum(r.attempt > 1 for r in results),  # run again by Dask after their worker died
+        "peak_inflight_mb": max((r.peak_inflight_mb for r in results), default=0.0),
+        "not_read": {"skipped": sum(r["status"] == "skipped" for r in the_plan.left_out),
+                     "error": sum(r["status"] == "error" for r in the_plan.left_out)},
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    urls = write_report(params.dest_url, run_id, records, destination["state"], summary | {
-        "total_s": round(time.perf_counter() - t_start, 2)})
+    if lock.lost:  # another run took the destination over (this one stalled past its lease): merged all the same
+        logger.error("%s", lock.lost)
+        summary["lock_lost"] = lock.lost
+    urls = write_report(params.dest_url, run_id, records, summary | {
+        "total_s": round(time.perf_counter() - t_start, 2)}, params.source_url)
     summary |= urls
     summary["total_s"] = round(time.perf_counter() - t_start, 2)
 
@@ -281,7 +335,8 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
                         description=f"{params.source_url} -> {params.dest_url}")
     progress.update(1.0)
     _emit({"event": "finished", "summary": summary})
-    message = (f"{counts['ok']} enhanced, {counts['skipped']} skipped, {counts['error']} failed "
-               f"of {total} photos")
+    by_policy = summary["not_read"]["skipped"]
+    skipped = f"{counts['skipped']} skipped" + (f" ({by_policy} not read: link policy)" if by_policy else "")
+    message = f"{counts['ok']} enhanced, {skipped}, {counts['error']} failed of {total} photos"
     logger.info("%s; report %s", message, summary["report_url"])
     return Completed(message=message, data=summary)

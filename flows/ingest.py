@@ -2,8 +2,9 @@
 
 Outputs under dest_url::
 
-    manifest.jsonl   one record per listed file: status valid/invalid, reason, size, format, mode, bit depth,
-                     sha256, EXIF summary, copy path, duplicate_of (same bytes as an earlier path)
+    manifest.jsonl   one record per listed file: status valid/invalid (or skipped: a link not followed), reason,
+                     size, format, mode, bit depth, sha256, EXIF summary, copy path, duplicate_of (same bytes as
+                     an earlier path)
     summary.json     counts and settings
     copies/<rel>.jpg training copies (long side <= copy_size), only for valid photos, when copies=True
 
@@ -25,18 +26,14 @@ from prefect.states import Completed
 from flows.artifacts import artifact_key, publish_summary
 from flows.cluster import dask_cluster
 from flows.params import IngestParams
-from tasks.common import (
-    FileEntry,
-    dumps_jsonl,
-    join,
-    list_sizes,
-    read_jsonl,
-    use_storage_block,
-    write_atomic,
-    write_json,
-)
-from tasks.ingest import IngestJob, IngestResult, IngestShard, ingest_shard
+from tasks.ingest import COPIES_DIR, IngestJob, IngestResult, IngestShard, copy_rel, ingest_shard
+from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
+from tasks.listing import FileEntry, Listing, list_sizes
+from tasks.paths import check_destinations, join, printable
+from tasks.plan import name_conflicts
 from tasks.storage import STORAGE_RETRIES, list_inputs
+from tasks.storage_options import use_storage_block
+from tasks.writer import GuardedWriter
 
 
 def manifest_url(dest_url: str) -> str:
@@ -44,7 +41,7 @@ def manifest_url(dest_url: str) -> str:
 
 
 def copies_url(dest_url: str) -> str:
-    return join(dest_url, "copies")
+    return join(dest_url, COPIES_DIR)
 
 
 @task(name="read-dataset", **STORAGE_RETRIES)
@@ -54,11 +51,27 @@ def read_previous(dest_url: str) -> tuple[dict[str, dict[str, Any]], dict[str, i
 
 
 @task(name="write-dataset", **STORAGE_RETRIES)
-def write_dataset(dest_url: str, records: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+def write_dataset(dest_url: str, records: list[dict[str, Any]], summary: dict[str, Any],
+                  source_url: str | None = None) -> str:
+    """manifest.jsonl and summary.json through the dataset's guarded writer."""
+    writer = GuardedWriter(dest_url, [source_url] if source_url else [])
     url = manifest_url(dest_url)
-    write_atomic(url, dumps_jsonl(records))
-    write_json(join(dest_url, "summary.json"), summary)
+    writer.write_url(url, dumps_jsonl(records))
+    writer.write_url(join(dest_url, "summary.json"), dumps_json(summary))
     return url
+
+
+def _not_read_record(left_out: dict[str, Any], source_url: str) -> dict[str, Any]:
+    """A listing's left-out input as a manifest record: a link not followed is 'skipped', the rest 'invalid'."""
+    return {"path": left_out["input"], "url": join(source_url, left_out["input"]),
+            "bytes": left_out.get("input_size"), "status": "skipped" if left_out["status"] == "skipped" else "invalid",
+            "reason": left_out["reason"]}
+
+
+def copy_conflicts(entries: list[FileEntry], copy_format: str) -> dict[str, str]:
+    """{path: reason} for photos whose training copies would be one file (a.png + a.jpg, A.JPG + a.jpg, NFC/NFD
+    twins): each is reported naming the others, none gets a copy."""
+    return name_conflicts({e.rel: copy_rel(e.rel, copy_format) for e in entries}, what="training copy")
 
 
 def _reusable(entry: FileEntry, old: dict[str, Any] | None, settings: dict[str, Any], copies: dict[str, int]) -> bool:
@@ -74,20 +87,29 @@ def ingest_dataset(params: IngestParams) -> dict[str, Any]:
     logger = get_run_logger()
     started = time.perf_counter()
     use_storage_block(params.storage_block)
-    entries = list_inputs(params.source_url, params.include, params.exclude, list(params.formats),
-                          params.include_hidden, [params.dest_url], params.storage_block)
+    # Before any work: the dataset and its copies folder may be neither the source, in it, nor hold it.
+    check_destinations(params.source_url, params.destinations())
+    listing: Listing = list_inputs(params.source_url, params.include, params.exclude, list(params.formats),
+                                   params.include_hidden, params.storage_block)
     previous, copies = read_previous(params.dest_url)
     settings = {"copies": params.copies, "copy_size": params.copy_size, "copy_format": params.copy_format,
                 "min_side": params.min_side, "max_pixels": params.max_pixels}
+    conflicts = copy_conflicts(listing.entries, params.copy_format) if params.copies else {}
+    entries = [e for e in listing.entries if e.rel not in conflicts]
     reused = [previous[e.rel] for e in entries if _reusable(e, previous.get(e.rel), settings, copies)]
     reused_paths = {r["path"] for r in reused}
     todo = [e for e in entries if e.rel not in reused_paths]
-    logger.info("%d files under %s: %d to check, %d unchanged since the last ingest", len(entries),
-                params.source_url, len(todo), len(reused))
+    logger.info("%d files under %s: %d to check, %d unchanged since the last ingest, %d refused, %d not read",
+                len(listing.entries) + len(listing.left_out), params.source_url, len(todo), len(reused),
+                len(conflicts), len(listing.left_out))
     records: list[dict[str, Any]] = [r | {"reused": True} for r in reused]
+    records += [{"path": e.rel, "url": e.url, "bytes": e.size, "version": e.version, "status": "invalid",
+                 "reason": conflicts[e.rel]} for e in listing.entries if e.rel in conflicts]
+    records += [_not_read_record(r, params.source_url) for r in listing.left_out]
     shards_n = 0
     if todo:
         job = IngestJob(copies_url=copies_url(params.dest_url) if params.copies else None,
+                        dest_url=params.dest_url, source_url=params.source_url,
                         copy_size=params.copy_size, copy_format=params.copy_format, min_side=params.min_side,
                         max_pixels=params.max_pixels, storage_block=params.storage_block)
         with dask_cluster(params) as (cluster, _client):
@@ -120,22 +142,30 @@ def ingest_dataset(params: IngestParams) -> dict[str, Any]:
             else:
                 first_by_hash[digest] = record["path"]
     valid = sum(r["status"] == "valid" for r in records)
-    invalid = [r for r in records if r["status"] != "valid"]
+    invalid = [r for r in records if r["status"] == "invalid"]
+    skipped = [r for r in records if r["status"] == "skipped"]
     summary = {"source_url": params.source_url, "dest_url": params.dest_url, "total": len(records), "valid": valid,
-               "invalid": len(invalid), "duplicates": sum("duplicate_of" in r for r in records),
+               "invalid": len(invalid), "skipped": len(skipped),
+               "duplicates": sum("duplicate_of" in r for r in records),
                "reused": len(reused), "shards": shards_n, "settings": settings,
                "copies_url": copies_url(params.dest_url) if params.copies else None,
                "seconds": round(time.perf_counter() - started, 2)}
     summary["manifest_url"] = write_dataset(params.dest_url, [{k: v for k, v in r.items() if k != "reused"}
-                                                              for r in records], summary)
+                                                              for r in records], summary, params.source_url)
     lines = [f"# Ingest {params.source_url}", "", f"**{valid}** valid, **{len(invalid)}** invalid of "
              f"**{len(records)}** files; manifest `{summary['manifest_url']}`", ""]
-    if invalid:
+    if invalid or skipped:
         lines += ["| file | reason |", "|---|---|"]
-        lines += [f"| `{r['path']}` | {str(r.get('reason', '')).replace('|', '/')} |" for r in invalid[:50]]
+        lines += [f"| `{_cell(r['path'])}` | {_cell(r.get('reason', ''))} |" for r in (invalid + skipped)[:50]]
     with contextlib.suppress(Exception):
         publish_summary("\n".join(lines), key=artifact_key("ingest", params.dest_url),
                         description=f"{params.source_url} -> {params.dest_url}")
-    message = f"{valid} valid, {len(invalid)} invalid of {len(records)} files"
+    message = f"{valid} valid, {len(invalid)} invalid" + (f", {len(skipped)} not read (link policy)" if skipped
+                                                            else "") + f" of {len(records)} files"
     logger.info(message)
     return Completed(message=message, data=summary)
+
+
+def _cell(text: Any) -> str:
+    """Text for a markdown table cell (names may hold '|' or newlines)."""
+    return printable(text).replace("|", "/").replace("\n", " ")

@@ -38,6 +38,29 @@ def _norm(url: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def _lexical_destination_check(source_url: str, destinations: list[tuple[str, str]]) -> None:
+    """Refuse a destination that is the source, lies inside it or contains it, by the URLs alone ('..', '//',
+    'file://', scheme case, s3/s3a); the flows and the CLI check again with real paths (symlinks, inodes)."""
+    from tasks.paths import DestinationError, check_destinations
+
+    try:
+        check_destinations(source_url, destinations, resolve=False)
+    except DestinationError:
+        raise
+    except Exception:  # a URL fsspec cannot parse here (e.g. a protocol whose package is missing): compare strings
+        for _what, url in destinations:
+            src, dst = _norm(source_url), _norm(url)
+            if src == dst or (src + "/").startswith(dst + "/") or (dst + "/").startswith(src + "/"):
+                raise ValueError(f"dest_url {url} and source_url {source_url} must differ and neither may lie "
+                                 f"inside the other") from None
+
+
+def _lower_scheme(url: str) -> str:
+    from tasks.paths import normalize_url
+
+    return normalize_url(url)
+
+
 def is_url_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
@@ -86,6 +109,10 @@ class EnhanceParams(BaseModel):
     registry_url: str | None = Field(None, description="Model registry (default $DPE_REGISTRY or ~/.dpe/models).")
     mode: Mode = Field("full", description="full: guided upsampling to full resolution; paper: the network at "
                                            "its working size only; tiled: the network on full-size tiles.")
+    strength: float = Field(1.0, ge=0, le=1, allow_inf_nan=False,
+                            description="How much of the correction to apply: 0 keeps the original, 1 the full "
+                                        "correction; in between blends the two (no retraining). A rerun with "
+                                        "another strength redoes the outputs.")
     output_format: OutputFormat = Field("same", description="Output format; 'same' keeps the input's.")
     quality: int = Field(95, ge=50, le=100, description="JPEG/WebP quality of the outputs.")
     max_pixels: int = Field(120_000_000, ge=1_000_000, le=2_000_000_000,
@@ -94,6 +121,16 @@ class EnhanceParams(BaseModel):
     shard_size: int | None = Field(None, ge=1, le=10_000,
                                    description="Photos per task (default: sized so each worker gets ~4 shards).")
     previews: int = Field(4, ge=0, le=16, description="Before/after thumbnails in the run's summary artifact.")
+    decode_timeout_s: float = Field(120.0, ge=0, le=3600,
+                                    description="Per-photo decode time limit (s): photos are decoded in a separate "
+                                                "decoder process per worker, killed when it takes longer or crashes "
+                                                "(that photo fails, the rest go on). 0: decode in the worker.")
+    max_inflight_mb: int = Field(1024, ge=16, le=1_000_000,
+                                 description="Memory per worker for photos read ahead and written behind the model "
+                                             "(MiB of decoded pixels and file bytes); one photo always proceeds.")
+    lock_wait_s: float = Field(0.0, ge=0, le=7 * 86400,
+                               description="When another run holds the destination's lock: wait this long for it "
+                                           "(s), then give up. 0: give up at once.")
     include: Include = ["*"]
     exclude: Exclude = []
     formats: Formats = DEFAULT_FORMATS
@@ -104,13 +141,14 @@ class EnhanceParams(BaseModel):
     device: DeviceField = "auto"
     storage_block: StorageBlock = None
 
+    @field_validator("source_url", "dest_url")
+    @classmethod
+    def _scheme_case(cls, value: str) -> str:
+        return _lower_scheme(value)
+
     @model_validator(mode="after")
     def _check(self) -> EnhanceParams:
-        src, dst = _norm(self.source_url), _norm(self.dest_url)
-        if src == dst:
-            raise ValueError("dest_url must differ from source_url: originals are never written")
-        if (src + "/").startswith(dst + "/"):
-            raise ValueError("source_url must not lie inside dest_url (outputs could land on originals)")
+        _lexical_destination_check(self.source_url, [("destination", self.dest_url)])
         return self
 
 
@@ -137,11 +175,22 @@ class IngestParams(BaseModel):
     device: DeviceField = "auto"
     storage_block: StorageBlock = None
 
+    @field_validator("source_url", "dest_url")
+    @classmethod
+    def _scheme_case(cls, value: str) -> str:
+        return _lower_scheme(value)
+
     @model_validator(mode="after")
     def _check(self) -> IngestParams:
-        if _norm(self.source_url) == _norm(self.dest_url):
-            raise ValueError("dest_url must differ from source_url")
+        _lexical_destination_check(self.source_url, self.destinations())
         return self
+
+    def destinations(self) -> list[tuple[str, str]]:
+        """(what, url) of every folder this run writes: the dataset, and its training copies when made."""
+        out = [("destination", self.dest_url)]
+        if self.copies:
+            out.append(("training copies folder", self.dest_url.rstrip("/") + "/copies"))
+        return out
 
 
 class TrainParams(BaseModel):

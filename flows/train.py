@@ -24,9 +24,10 @@ from flows.artifacts import artifact_key, publish_summary
 from flows.cluster import cpu_count, dask_cluster
 from flows.ingest import copies_url, ingest_dataset
 from flows.params import IngestParams, TrainParams, default_registry, dpe_home
-from tasks.common import join, use_storage_block
+from tasks.paths import join
 from tasks.registry import model_uri, next_version, publish, read_index
 from tasks.storage import STORAGE_RETRIES
+from tasks.storage_options import use_storage_block
 from tasks.train import train_model
 
 _CHECKPOINT = re.compile(r"step-(\d{8})\.json$")

@@ -19,16 +19,23 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.common import FileEntry, join, use_storage_block
+from tasks.listing import FileEntry, read_input, source_place
 from tasks.retry import with_storage_retries
+from tasks.storage_options import use_storage_block
+from tasks.writer import guarded_writer
 
 COPY_EXTENSIONS = {"jpeg": ".jpg", "png": ".png"}
+COPIES_DIR = "copies"  # training copies: <dataset>/copies/<rel with the copy format's extension>
 
 
 class IngestJob(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     copies_url: str | None = None  # None: no training copies
+    # Where the copies' folder lives and what is read: copies are written through the guarded writer of dest_url
+    # (never into the source, never through a link); inputs are read as (source filesystem, root + '/' + rel).
+    dest_url: str | None = None
+    source_url: str = ""
     copy_size: int = 512
     copy_format: Literal["jpeg", "png"] = "jpeg"
     min_side: int = 32
@@ -79,14 +86,26 @@ def ingest_one(entry: FileEntry, job: IngestJob) -> dict[str, Any]:
     """Validate one photo into a record; never raises for the photo's own problems."""
     from dpe_core.io import decode_photo, read_exif_summary
     from dpe_core.io.errors import PhotoError
-    from dpe_core.io.storage import read_bytes, write_bytes_atomic
+    from dpe_core.io.limits import DEFAULT_LIMITS
+    from dpe_core.io.redact import redact
+    from dpe_core.io.storage import check_path_size
 
     started = time.perf_counter()
     record: dict[str, Any] = {"path": entry.rel, "url": entry.url, "bytes": entry.size, "version": entry.version}
+
+    def checked_read() -> bytes:  # size (and, locally, regular file) checked before a byte is read
+        check_path_size(source.fs, source.path(entry.rel), max_bytes=DEFAULT_LIMITS.max_input_bytes, name=entry.rel)
+        return read_input(source, entry.rel)
+
     try:
-        data = with_storage_retries(lambda: read_bytes(entry.url), f"read {entry.url}")
+        source = source_place(job.source_url, entry.rel, entry.url)
+        data = with_storage_retries(checked_read, f"read {entry.url}")
+    except PhotoError as exc:
+        return record | {"status": "invalid", "reason": str(exc), "seconds": round(time.perf_counter() - started, 4)}
     except Exception as exc:
-        return record | {"status": "invalid", "reason": f"cannot be read: {type(exc).__name__}: {exc}",
+        detail = str(exc).strip() or ("out of memory" if isinstance(exc, MemoryError) else "no detail given")
+        return record | {"status": "invalid", "reason": redact(f"{entry.rel}: cannot be read: {type(exc).__name__}: "
+                                                               f"{detail}"),
                          "seconds": round(time.perf_counter() - started, 4)}
     record["sha256"] = hashlib.sha256(data).hexdigest()
     record["bytes"] = len(data)
@@ -95,7 +114,8 @@ def ingest_one(entry: FileEntry, job: IngestJob) -> dict[str, Any]:
     except PhotoError as exc:
         return record | {"status": "invalid", "reason": str(exc), "seconds": round(time.perf_counter() - started, 4)}
     except Exception as exc:  # a decoder bug is still this file's problem, not the run's
-        return record | {"status": "invalid", "reason": f"{entry.rel}: {type(exc).__name__}: {exc}",
+        detail = str(exc).strip() or ("out of memory" if isinstance(exc, MemoryError) else "no detail given")
+        return record | {"status": "invalid", "reason": redact(f"{entry.rel}: {type(exc).__name__}: {detail}"),
                          "seconds": round(time.perf_counter() - started, 4)}
     record |= {"width": photo.width, "height": photo.height, "format": photo.source_format,
                "mode": photo.source_mode, "bit_depth": photo.bit_depth, "alpha": photo.alpha is not None,
@@ -113,12 +133,15 @@ def ingest_one(entry: FileEntry, job: IngestJob) -> dict[str, Any]:
     if job.copies_url:
         rel = copy_rel(entry.rel, job.copy_format)
         blob = training_copy(photo, job.copy_size, job.copy_format)
-        url = join(job.copies_url, rel)
+        writer = guarded_writer(job.dest_url or job.copies_url, job.source_url or None)
+        target = f"{COPIES_DIR}/{rel}" if job.dest_url else rel
         try:
-            with_storage_retries(lambda: write_bytes_atomic(url, blob), f"write {url}")
+            with_storage_retries(lambda: writer.write(target, blob, input_rel=entry.rel, source=source),
+                                 f"write {writer.location(target)}")
             record["copy"] = rel
         except Exception as exc:
-            record |= {"status": "invalid", "reason": f"training copy {url} cannot be written: {exc}"}
+            record |= {"status": "invalid",
+                       "reason": f"training copy {writer.location(target)} cannot be written: {exc}"}
     record["seconds"] = round(time.perf_counter() - started, 4)
     return record
 

@@ -90,7 +90,7 @@ class EnhancerWarmup(WorkerPlugin):
             try:
                 import prefect.task_engine  # noqa: F401  (the first task would pay this import otherwise)
 
-                from tasks.common import use_storage_block
+                from tasks.storage_options import use_storage_block
 
                 use_storage_block(self.storage_block)
                 get_enhancer(self.model_uri, self.device, self.threads)

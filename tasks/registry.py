@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.common import join, now_iso, read_json, write_json
+from tasks.jsonl import dumps_json, now_iso, read_json
+from tasks.paths import join
 
 INDEX = "index.json"
 FORMAT = "dpe.registry"
@@ -132,7 +133,9 @@ def publish(registry_url: str, name: str, version: str, info: dict[str, Any], ex
     entry["versions"][version] = record
     entry["latest"] = version
     index["updated"] = record["published"]
-    write_json(join(registry_url, INDEX), index)
+    from dpe_core.io.storage import write_bytes_atomic
+
+    write_bytes_atomic(join(registry_url, INDEX), dumps_json(index))
     return record
 
 

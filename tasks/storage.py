@@ -11,9 +11,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks.common import FileEntry, list_files, list_sizes, remove_stale_temp_files, use_storage_block
+from tasks.listing import Listing, list_sizes, remove_stale_temp_files, scan
 from tasks.manifest import load_state
 from tasks.retry import is_transient_storage_error
+from tasks.storage_options import use_storage_block
 
 
 def retry_on_storage_error(task, task_run, state) -> bool:  # noqa: ARG001  (Prefect's signature)
@@ -32,10 +33,10 @@ STORAGE_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(back
 
 @task(name="list-inputs", **STORAGE_RETRIES)
 def list_inputs(source_url: str, include: list[str], exclude: list[str], formats: list[str] | None,
-                include_hidden: bool = False, skip_under: list[str] | None = None,
-                storage_block: str | None = None) -> list[FileEntry]:
+                include_hidden: bool = False, storage_block: str | None = None) -> Listing:
+    """The inputs under source_url and what was left out with the reason (links not followed, unreadable...)."""
     use_storage_block(storage_block)
-    return list_files(source_url, include, exclude, formats, include_hidden, skip_under or [])
+    return scan(source_url, include, exclude, formats, include_hidden)
 
 
 @task(name="read-destination", **STORAGE_RETRIES)

@@ -14,7 +14,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import use_storage_block
+from tasks.storage_options import use_storage_block
 
 
 def style_distance(result, limit: int = 16) -> dict[str, float]:

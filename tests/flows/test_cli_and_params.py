@@ -57,7 +57,11 @@ def test_parameter_validation():
         EnhanceParams(source_url="/data/a", dest_url="/data/a/")
     with pytest.raises(ValidationError, match="must not lie inside"):
         EnhanceParams(source_url="s3://b/archive/2024", dest_url="s3://b/archive")
-    EnhanceParams(source_url="s3://b/archive", dest_url="s3://b/archive/enhanced")  # dest inside source: skipped
+    with pytest.raises(ValidationError, match="must not lie inside source_url"):  # outputs among the originals
+        EnhanceParams(source_url="s3://b/archive", dest_url="s3://b/archive/enhanced")
+    with pytest.raises(ValidationError, match="must differ"):  # one bucket, two spellings
+        EnhanceParams(source_url="S3://b/archive", dest_url="s3a://b/archive/")
+    EnhanceParams(source_url="s3://b/archive", dest_url="s3://b/archive-enhanced")
     with pytest.raises(ValidationError):
         EnhanceParams(source_url="a", dest_url="b", shard_size=0)
     with pytest.raises(ValidationError):
@@ -83,6 +87,7 @@ def _dpe(args: list[str], tmp_path: Path, timeout: float = 180) -> subprocess.Co
     (["enhance", "{src}", "{dst}", "--model", "no-such-style"], "no model named"),
     (["enhance", "{src}", "{dst}", "--mode", "fast"], "fast"),
     (["enhance", "{src}", "{dst}", "--format", "gif"], "formats"),
+    (["enhance", "{src}", "{dst}", "--strength", "1.5"], "strength"),
     (["train", "--name", "warm", "--source", "{src}"], "reference_url"),
     (["ingest", "{missing}", "{dst}"], "does not exist"),
 ])
@@ -94,6 +99,26 @@ def test_bad_usage_exits_2_before_any_work(bad_args, message, tmp_path):
     assert done.returncode == 2, done.stderr
     assert message in done.stderr + done.stdout
     assert not (tmp_path / "dst").exists() and not (tmp_path / "home").exists()  # no server started, nothing written
+
+
+def test_strength_is_a_cli_option_a_parameter_and_part_of_the_settings_key(tmp_path):
+    from flows.enhance import run_settings
+    from tasks.plan import settings_key
+
+    done = _dpe(["enhance", "--help"], tmp_path, timeout=120)
+    assert done.returncode == 0 and "--strength" in done.stdout
+    base = EnhanceParams(source_url="s3://b/a", dest_url="s3://b/out")
+    assert base.strength == 1.0
+    for bad in (-0.1, 1.01, float("nan")):
+        with pytest.raises(ValidationError, match="strength"):
+            EnhanceParams(source_url="s3://b/a", dest_url="s3://b/out", strength=bad)
+    # Strength 1 keeps the key that runs had before strength existed (their outputs stay done); any other
+    # strength changes it, so a rerun with another strength redoes the outputs.
+    old_key = settings_key({"model": "m@1", "mode": "full", "output_format": "same", "quality": 95,
+                            "max_pixels": 120_000_000})
+    assert run_settings(base, "m@1") == old_key
+    keys = {run_settings(base.model_copy(update={"strength": s}), "m@1") for s in (0.0, 0.5, 0.7)}
+    assert len(keys) == 3 and old_key not in keys
 
 
 def test_train_config_file_maps_onto_parameters(tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tasks.common import list_files, read_jsonl
 from tasks.enhance import EnhanceJob, Shard, process_shard
-from tasks.manifest import plan
+from tasks.jsonl import read_jsonl
+from tasks.listing import list_files
+from tasks.plan import plan
 from tests.tasks.helpers import ARCHIVE, CORRUPT, make_folder, sha256_files
 
 
@@ -103,3 +104,25 @@ def test_pipelined_and_sequential_shards_give_the_same_bytes(tmp_path, testdata,
         assert [r["status"] for r in result.records] == ["ok"] * len(files)
         hashes[name] = sha256_files(out / "2011")
     assert hashes["sequential"] == hashes["io-threads"] == hashes["decode-beside-model"]
+
+
+def test_strength_reaches_the_outputs(tmp_path, testdata, model_ref):
+    """EnhanceJob.strength goes to the Enhancer: 0 writes the original's pixels, 0.5 lies halfway, 1 is the model."""
+    import numpy as np
+    from PIL import Image
+
+    src = make_folder(tmp_path / "src", testdata, {"a/chelsea.png": "natural/chelsea.png"})  # lossless output
+
+    def pixels(strength: float) -> np.ndarray:
+        out = tmp_path / f"s{strength}"
+        result = process_shard(_shard(src, out), _job(out, model_ref, mode="full", strength=strength))
+        assert [r["status"] for r in result.records] == ["ok"], result.records
+        with Image.open(out / "a" / "chelsea.png") as im:
+            return np.asarray(im.convert("RGB")).astype(np.int32)
+
+    with Image.open(src / "a" / "chelsea.png") as im:
+        original = np.asarray(im.convert("RGB")).astype(np.int32)
+    full, half, none = pixels(1.0), pixels(0.5), pixels(0.0)
+    assert np.abs(none - original).max() <= 1  # the original, within 8-bit rounding
+    assert np.abs(full - original).mean() > 1  # the model changes this photo
+    assert np.abs(half - (full + original) / 2).mean() < 0.75  # halfway (clipping and rounding aside)

@@ -7,25 +7,12 @@ import os
 
 import pytest
 
-from tasks.common import (
-    dumps_jsonl,
-    list_files,
-    loads_jsonl,
-    lpt_shards,
-    matches,
-    read_jsonl,
-    remove_stale_temp_files,
-)
-from tasks.manifest import (
-    clear_records,
-    load_state,
-    manifest_url,
-    merge_state,
-    output_rel,
-    plan,
-    records_root,
-    write_manifest,
-)
+from tasks.jsonl import dumps_jsonl, loads_jsonl, read_jsonl
+from tasks.listing import list_files, matches, remove_stale_temp_files
+from tasks.manifest import clear_records, load_state, manifest_url, merge_state, records_root, write_manifest
+from tasks.plan import output_rel, plan
+from tasks.sharding import lpt_shards
+from tasks.writer import guarded_writer
 from tests.tasks.helpers import ARCHIVE, make_folder
 
 
@@ -58,14 +45,6 @@ def test_patterns_match_names_at_any_depth():
     assert not matches("2004/trip/a.jpg", ["2011/*"], [])
     assert not matches("2004/trip/a.jpg", ["*"], ["trip/*", "*/trip/*"])
     assert matches("IMG_1.JPG", ["IMG_*"], ["*.png"])
-
-
-def test_list_files_skips_a_destination_inside_the_source(archive):
-    out = archive / "enhanced"
-    make_folder(out, archive, {"2004/canon_s40.jpg": "2004/canon_s40.jpg"})
-    entries = list_files(str(archive), skip_under=[str(out)])
-    assert not any(e.rel.startswith("enhanced/") for e in entries)
-    assert len(entries) == len(ARCHIVE)
 
 
 def test_list_files_missing_folder_raises(tmp_path):
@@ -124,18 +103,20 @@ def test_output_names_and_collisions(archive, testdata):
     assert output_rel("a/noext", "png") == "a/noext.png"
     make_folder(archive, testdata, {"scans/chelsea.jpg": "camera/canon_s40.jpg"})
     result = plan(list_files(str(archive)), {}, {}, "s", output_format="jpeg")
-    assert [(r["input"], r["status"]) for r in result.errors] == [("scans/chelsea.png", "error")]
-    assert "scans/chelsea.jpg" in result.errors[0]["reason"]
+    # Both inputs of the collision are reported, each naming the other; neither is written.
+    assert sorted((r["input"], r["status"]) for r in result.errors) == [("scans/chelsea.jpg", "error"),
+                                                                         ("scans/chelsea.png", "error")]
+    by_input = {r["input"]: r["reason"] for r in result.errors}
+    assert "scans/chelsea.jpg" in by_input["scans/chelsea.png"] and "scans/chelsea.png" in by_input["scans/chelsea.jpg"]
+    assert not any(w.rel.startswith("scans/chelsea") for w in result.todo)
 
 
 def test_state_folds_in_records_of_an_interrupted_run(tmp_path):
     dest = str(tmp_path / "out")
     write_manifest(dest, {"a.jpg": {"input": "a.jpg", "status": "error", "finished": "1"}})
-    from tasks.common import write_atomic
-
-    write_atomic(f"{records_root(dest)}/run1/shard-00000.jsonl",
-                 dumps_jsonl([{"input": "a.jpg", "status": "ok", "finished": "2"},
-                              {"input": "b.jpg", "status": "ok", "finished": "2"}]))
+    guarded_writer(dest).write_url(f"{records_root(dest)}/run1/shard-00000.jsonl",
+                                   dumps_jsonl([{"input": "a.jpg", "status": "ok", "finished": "2"},
+                                                {"input": "b.jpg", "status": "ok", "finished": "2"}]))
     state = load_state(dest)
     assert state["a.jpg"]["status"] == "ok" and state["b.jpg"]["status"] == "ok"
     merged = merge_state(state, [{"input": "c.jpg", "status": "skipped"}, {"input": "b.jpg", "status": "error",

@@ -1,0 +1,420 @@
+"""Decode photos in a small child process with a time limit: a hostile file costs that photo only.
+
+A decoder that hangs on a crafted file, or crashes natively (a segfault in a codec library, an abort), would
+otherwise stall or kill the Dask worker and every photo of its shard. Here each worker process keeps a few
+decoder processes (one per thread that decodes at the same time, started on first use and reused across
+shards). A decode that exceeds its time limit gets its process killed (SIGKILL) and replaced; a process that
+dies mid-decode is replaced too. Both become a per-file error of that photo::
+
+    2011/x.jpg: decoder process failed: timed out after 30 s while decoding
+    2011/y.jpg: decoder process failed: decoder process crashed (signal 11: SIGSEGV)
+
+Transport: the request is the file's bytes; the answer is the decoded ``Photo`` pickled with protocol 5 and its
+pixel buffers sent out of band (no extra copy). The parent unpickles with an allow-list (numpy arrays and the
+classes of ``dpe_core.io``): a child that parsed a hostile file is not trusted to run code in the worker.
+
+Extension point: ``DPE_DECODER=module:function`` (environment of the worker processes) names the function that
+decodes instead of ``dpe_core.io.decode_photo`` (in the decoder process, or in the worker when the time limit is
+off), with the same signature ``fn(data, name, **kwargs) -> Photo``: a decoder for other formats (a RAW
+developer), or a misbehaving one in tests. Nothing else changes with it.
+
+The child imports only ``dpe_core.io`` (no torch, no Prefect). It exits when the worker closes its pipe or
+dies (parent-death signal on Linux), so no decoder outlives its worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins
+import importlib
+import io
+import json
+import os
+import pickle
+import queue
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+DEFAULT_DECODER = "dpe_core.io:decode_photo"
+DECODER_ENV = "DPE_DECODER"
+_LEN = struct.Struct("<Q")
+_PIPE_SIZE = 1 << 20  # larger pipe buffers: fewer wake-ups when tens of MB of pixels come back
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+def _photo_error_class():
+    from dpe_core.io.errors import PhotoError
+
+    return PhotoError
+
+
+_ERROR_CLASS: list[type] = []
+
+
+def decoder_process_error(name: str, detail: str) -> Exception:
+    """A PhotoError (so the report shows its text as the reason) for a decode the child did not finish:
+    ``DecoderProcessError``, defined on first use so that importing this module does not import dpe_core."""
+    if not _ERROR_CLASS:
+        _ERROR_CLASS.append(type("DecoderProcessError", (_photo_error_class(),),
+                                 {"reason": "decoder process failed", "__module__": __name__}))
+    return _ERROR_CLASS[0](name, detail)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------- framing
+
+
+def _read_exact(fd: int, size: int, deadline: float | None, into: bytearray | None = None) -> bytearray:
+    """size bytes from fd (a pipe) before the deadline; raises TimeoutError / EOFError."""
+    buffer = into if into is not None else bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                raise TimeoutError
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            raise EOFError
+        got += n
+    return buffer
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _send_frame(fd: int, header: dict[str, Any], payloads: list) -> None:
+    head = json.dumps(header).encode()
+    _write_all(fd, _LEN.pack(len(head)) + head)
+    for payload in payloads:
+        _write_all(fd, payload)
+
+
+def _recv_header(fd: int, deadline: float | None) -> dict[str, Any]:
+    (size,) = _LEN.unpack(_read_exact(fd, _LEN.size, deadline))
+    if size > 1 << 24:
+        raise ValueError(f"decoder process sent a {size}-byte header")
+    return json.loads(bytes(_read_exact(fd, size, deadline)))
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, 1031, _PIPE_SIZE)  # F_SETPIPE_SZ (Linux)
+    except (ImportError, OSError):
+        pass
+
+
+# ------------------------------------------------------------------------------------------- allow-listed unpickling
+
+_NUMPY = {"_reconstruct", "scalar", "_frombuffer", "ndarray", "dtype", "frombuffer"}
+_NUMPY_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
+                  "numpy._core.numeric", "numpy.dtypes")
+_BUILTINS = {"tuple", "list", "dict", "set", "frozenset", "bytes", "bytearray", "int", "float", "complex", "str",
+             "bool", "slice", "range"}
+_OTHER = {("copyreg", "_reconstructor"), ("collections", "OrderedDict"), ("fractions", "Fraction"),
+          ("PIL.TiffImagePlugin", "IFDRational")}
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """Only data: numpy arrays/dtypes, plain containers, and classes (not functions) of dpe_core.io."""
+
+    def find_class(self, module: str, name: str):
+        if module in _NUMPY_MODULES and name in _NUMPY or name.startswith("dtype[") and module == "numpy.dtypes":
+            return super().find_class(module, name)
+        if module == "builtins" and name in _BUILTINS:
+            return getattr(builtins, name)
+        if (module, name) in _OTHER:
+            return super().find_class(module, name)
+        if module == "dpe_core.io" or module.startswith("dpe_core.io."):
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"decoder process sent a disallowed object {module}.{name}")
+
+
+def _load_photo(data: bytes, buffers: list[bytearray]):
+    return _AllowListUnpickler(io.BytesIO(data), buffers=buffers).load()
+
+
+def _rebuild_error(header: dict[str, Any], name: str) -> Exception:
+    """The child's exception, as the same PhotoError subclass (its text is the report's reason)."""
+    kind, message = header.get("type", "Exception"), header.get("message", "")
+    module, _, cls_name = kind.rpartition(".")
+    if module == "dpe_core.io" or module.startswith("dpe_core.io."):
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError):
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, _photo_error_class()):
+            exc = cls.__new__(cls)
+            Exception.__init__(exc, message)
+            exc.name, exc.detail = header.get("name", name), header.get("detail", message)
+            return exc
+    builtin = getattr(builtins, cls_name, None) if module in ("", "builtins") else None
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        try:
+            return builtin(message)
+        except Exception:  # an exception type with another signature
+            pass
+    return RuntimeError(f"{cls_name}: {message}")
+
+
+# ----------------------------------------------------------------------------------------------- the child
+
+
+def load_decoder():
+    """The decode function: ``DPE_DECODER`` (module:function) or dpe_core.io.decode_photo."""
+    target = os.environ.get(DECODER_ENV) or DEFAULT_DECODER
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr or "decode_photo")
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the thread that started it ends (Linux); exit at once if it already has."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def child_main() -> None:
+    """Serve decode requests on stdin/stdout until stdin closes."""
+    parent = int(os.environ.get("DPE_DECODER_PARENT", "0"))
+    if parent:
+        _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the whole group: the worker decides
+    requests, answers = os.dup(0), os.dup(1)
+    os.dup2(2, 1)  # stray prints of libraries go to stderr, never into the protocol
+    decode = load_decoder()
+    while True:
+        try:
+            header = _recv_header(requests, None)
+        except EOFError:
+            return
+        data = bytes(_read_exact(requests, header["size"], None))
+        name = header.get("name", "")
+        try:
+            photo = decode(data, name, **header.get("kwargs", {}))
+            del data
+            buffers: list[pickle.PickleBuffer] = []
+            state = pickle.dumps(photo, protocol=5, buffer_callback=buffers.append)
+            raws = [b.raw() for b in buffers]
+            _send_frame(answers, {"ok": True, "pickle": len(state), "buffers": [r.nbytes for r in raws]},
+                        [state, *raws])
+            del photo, buffers, raws, state
+        except Exception as exc:
+            error = {"ok": False, "type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)}
+            for field in ("name", "detail"):
+                if isinstance(getattr(exc, field, None), str):
+                    error[field] = getattr(exc, field)
+            _send_frame(answers, error, [])
+
+
+# ----------------------------------------------------------------------------------------------- the parent
+
+_SPAWN_REQUESTS: queue.Queue = queue.Queue()
+_KEEPER: threading.Thread | None = None
+_KEEPER_GUARD = threading.Lock()
+
+
+def _keeper_loop() -> None:
+    while True:
+        future, argv, env = _SPAWN_REQUESTS.get()
+        try:
+            future.set_result(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                               close_fds=True))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start the child from one long-lived thread: the parent-death signal fires when the *thread* that
+    started a process ends, and shard I/O threads come and go."""
+    global _KEEPER
+    with _KEEPER_GUARD:
+        if _KEEPER is None or not _KEEPER.is_alive():
+            _KEEPER = threading.Thread(target=_keeper_loop, name="dpe-decoder-spawner", daemon=True)
+            _KEEPER.start()
+    future: Future = Future()
+    _SPAWN_REQUESTS.put((future, argv, env))
+    return future.result(timeout=60)
+
+
+class DecoderProcess:
+    """One child decoder process and its pipes; not thread-safe (the pool hands it to one thread at a time)."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["DPE_DECODER_PARENT"] = str(os.getpid())
+        paths = [p for p in sys.path if p]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        t0 = time.perf_counter()
+        self.process = _spawn([sys.executable, "-c", "from tasks.decoder_process import child_main; child_main()"],
+                              env)
+        self.start_s = time.perf_counter() - t0
+        self._in = self.process.stdin.fileno()
+        self._out = self.process.stdout.fileno()
+        _grow_pipe(self._in)
+        _grow_pipe(self._out)
+        self.decodes = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def decode(self, data: bytes, name: str, timeout_s: float | None, **kwargs):
+        """The decoded Photo; raises the decoder's own PhotoError, or a decoder-process error after which this
+        object is dead (the caller drops it)."""
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        try:
+            _send_frame(self._in, {"size": len(data), "name": name, "kwargs": kwargs}, [data])
+            header = _recv_header(self._out, deadline)
+            if header.get("ok"):
+                state = bytes(_read_exact(self._out, header["pickle"], deadline))
+                buffers = [_read_exact(self._out, n, deadline) for n in header["buffers"]]
+        except TimeoutError:
+            self.kill()
+            raise decoder_process_error(name, f"timed out after {timeout_s:g} s while decoding") from None
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            raise decoder_process_error(name, self._death()) from None
+        self.decodes += 1
+        if not header.get("ok"):  # the decoder's own error (corrupt, truncated, too many pixels ...)
+            raise _rebuild_error(header, name)
+        return _load_photo(state, buffers)
+
+    def _death(self) -> str:
+        try:
+            code = self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "decoder process stopped answering"
+        if code < 0:
+            return f"decoder process crashed (signal {-code}: {_signal_name(-code)})"
+        return f"decoder process exited with code {code}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not wait for anything
+            pass
+        self.close()
+
+    def close(self) -> None:
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        if self.process.poll() is None:
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class DecoderPool:
+    """Idle decoder processes of this worker process, checked out one per decoding thread."""
+
+    def __init__(self, max_idle: int = 4) -> None:
+        self._idle: list[DecoderProcess] = []
+        self._lock = threading.Lock()
+        self.max_idle = max_idle
+        self.started = 0
+        self.replaced = 0
+        self.start_s = 0.0
+
+    def decode(self, data: bytes, name: str, timeout_s: float | None, **kwargs):
+        with self._lock:
+            child = self._idle.pop() if self._idle else None
+        if child is None or not child.alive():
+            if child is not None:
+                child.close()
+            child = DecoderProcess()
+            self.started += 1
+            self.start_s += child.start_s
+        try:
+            photo = child.decode(data, name, timeout_s, **kwargs)
+        except BaseException:
+            if child.alive():
+                self._put_back(child)
+            else:
+                self.replaced += 1
+                child.close()
+            raise
+        self._put_back(child)
+        return photo
+
+    def _put_back(self, child: DecoderProcess) -> None:
+        with self._lock:
+            if len(self._idle) < self.max_idle:
+                self._idle.append(child)
+                return
+        child.close()
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [c.pid for c in self._idle]
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for child in idle:
+            child.close()
+
+
+_POOL: DecoderPool | None = None
+_POOL_GUARD = threading.Lock()
+
+
+def pool() -> DecoderPool:
+    """This process's decoder pool (closed at exit)."""
+    global _POOL
+    with _POOL_GUARD:
+        if _POOL is None:
+            _POOL = DecoderPool()
+            atexit.register(_POOL.close)
+        return _POOL
+
+
+def decode_isolated(data: bytes, name: str, timeout_s: float | None, **kwargs):
+    """decode_photo(data, name, **kwargs) in a decoder process of this worker, within timeout_s seconds."""
+    return pool().decode(data, name, timeout_s, **kwargs)
+
+
+if __name__ == "__main__":  # pragma: no cover - started through child_main()
+    child_main()
