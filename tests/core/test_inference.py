@@ -229,8 +229,11 @@ def real_model(testdata, tmp_path_factory):
 
 
 def test_full_downsampled_agrees_with_paper(real_model, testdata):
+    # Damaged photos: a gentle model leaves good ones nearly alone, which would make the comparison void.
+    damage = Degradation(exposure_stops=-1.2, contrast=0.7, white_balance=(1.12, 1.0, 0.88))
     for name in ("lomiri_picture0b.jpg", "kpa_grand_canyon_1.jpg", "chelsea.png"):
-        photo = _photo(testdata, name)
+        good = torch.from_numpy(_photo(testdata, name).astype(np.float32) / 255).permute(2, 0, 1)
+        photo = (damage.apply(good).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
         full = real_model.enhance(photo, mode="full")
         paper = real_model.enhance(photo, mode="paper")
         assert full.shape == photo.shape and max(paper.shape[:2]) == real_model.working  # the model's train_size
