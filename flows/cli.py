@@ -1,4 +1,4 @@
-"""The `dpe` command line: enhance, ingest, train, models, server.
+"""The `dpe` command line: enhance, ingest, train (here); models, quality, server (flows/cli_tools.py).
 
 Exit codes: 0 every photo ok; 1 some photos failed (the run completed, see its report); 2 bad usage (invalid
 options, missing source, unknown model); 3 the run itself failed (storage unreachable, cluster lost...).
@@ -17,8 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -440,117 +438,8 @@ def train(
     raise typer.Exit(EXIT_OK)
 
 
-# ------------------------------------------------------------------------------------------------- models
-
-
-@app.command()
-def models(
-    registry: str | None = typer.Option(None, help="Model registry URL (default $DPE_REGISTRY or ~/.dpe/models)."),
-    json_output: bool = typer.Option(False, "--json"),
-) -> None:
-    """List the styles published in the registry (and the bundled models)."""
-    from tasks.registry import bundled_models_dir, list_models
-
-    registry = registry or default_registry()
-    try:
-        rows = list_models(registry)
-    except ValueError as exc:
-        raise _usage(str(exc)) from None
-    bundled = sorted(p.name for p in bundled_models_dir().iterdir() if (p / "model.json").is_file()) \
-        if bundled_models_dir().is_dir() else []
-    if json_output:
-        out.print_json(json.dumps({"registry": registry, "models": rows, "bundled": bundled}, default=str))
-        return
-    table = Table(title=f"models in {registry}")
-    for column in ("name", "version", "latest", "mode", "iterations", "published", "uri"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["name"], row["version"], "*" if row["latest"] else "", str(row.get("mode") or ""),
-                      str(row.get("iterations") or ""), str(row.get("published") or ""), row["uri"])
-    out.print(table)
-    if bundled:
-        out.print(f"bundled: {', '.join(bundled)}")
-
-
-# ------------------------------------------------------------------------------------------------ quality
-
-
-@app.command()
-def quality(
-    photos: str | None = typer.Option(None, help="Folder of undamaged photos (default: the shared natural photos, "
-                                      "restricted to the first model's test split)."),
-    model: list[str] = typer.Option([], help="Model name or URI (repeatable; default: the bundled 'default')."),
-    family: list[str] = typer.Option([], help="Defect family A (training) or B (never trained on); default both."),
-    max_side: int | None = typer.Option(None, help="Reduce photos to this long side first (default: full size)."),
-    all_photos: bool = typer.Option(False, "--all-photos", help="Every photo of the folder, not the test split."),
-    names: str | None = typer.Option(None, help="Comma-separated file names to score (overrides the split)."),
-    mode: str = typer.Option("full", help="Enhancer mode: full, paper or tiled."),
-    strength: float | None = typer.Option(None, help="Enhancer strength in [0, 1]."),
-    out_dir: str | None = typer.Option(None, "--out", help="Folder for the contact sheets (PNG)."),
-) -> None:
-    """Score models against classical baselines on damaged real photos: PSNR, SSIM, CIEDE2000, no-harm."""
-    import subprocess
-
-    # The measurement needs torch; it runs as `python -m dpe_core.quality` so this process stays torch-free.
-    argv = [sys.executable, "-m", "dpe_core.quality", "--mode", mode]
-    for flag, value in (("--photos", photos), ("--max-side", max_side), ("--strength", strength),
-                        ("--out", out_dir), ("--names", names)):
-        if value is not None:
-            argv += [flag, str(value)]
-    for reference in model:
-        argv += ["--model", reference]
-    for name in family:
-        if name not in ("A", "B"):
-            raise _usage(f"--family must be A or B, not {name!r}")
-        argv += ["--family", name]
-    if all_photos:
-        argv.append("--all-photos")
-    raise typer.Exit(subprocess.call(argv))
-
-
-# ------------------------------------------------------------------------------------------------- server
-
-
-@app.command()
-def server(
-    port: int | None = typer.Option(None, help="Port (default 4200 when free, else any free port)."),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-) -> None:
-    """Start a local Prefect server with its UI (SQLite under the dpe home); Ctrl-C stops it."""
-    from flows.server import ServerError, clear_record, free_port, running_server, start_local_server, write_record
-
-    home = dpe_home()
-    existing = running_server(home)
-    if existing:
-        ui = existing[:-4] if existing.endswith("/api") else existing
-        out.print(f"a dpe Prefect server is already running: {ui}")
-        return
-    if port is None:
-        import socket
-
-        with socket.socket() as sock:
-            port = 4200 if sock.connect_ex((host, 4200)) != 0 else free_port(host)
-    _term_as_interrupt()
-    try:
-        srv = start_local_server(home, port=port, host=host, services=True)
-    except ServerError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_RUN_FAILED) from None
-    write_record(home, srv)
-    out.print(f"Prefect UI: {srv.ui_url}")
-    out.print(f"API: {srv.api_url}   (export PREFECT_API_URL={srv.api_url} to use it from elsewhere)")
-    out.print(f"started in {srv.start_s:.1f} s; log {srv.log_path}; Ctrl-C to stop")
-    sys.stdout.flush()
-    try:
-        while srv.process.poll() is None:
-            time.sleep(0.5)
-        console.print(f"[red]server exited with {srv.process.returncode}; log {srv.log_path}[/red]")
-        raise typer.Exit(EXIT_RUN_FAILED)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        clear_record(home, srv)
-        srv.stop()
+# models, quality and server live in flows/cli_tools.py (registered on this app when it is imported).
+from flows import cli_tools  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console script convenience
