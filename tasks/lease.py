@@ -161,7 +161,7 @@ class _Store:
             except FileExistsError:
                 return False
             except OSError as exc:
-                if "pre-condition" not in str(exc) and "Precondition" not in str(exc):
+                if not _precondition_failed(exc):
                     raise
                 return False
             return True
@@ -186,7 +186,7 @@ class _Store:
             except (FileNotFoundError, FileExistsError):
                 return False
             except OSError as exc:
-                if "pre-condition" not in str(exc) and "Precondition" not in str(exc):
+                if not _precondition_failed(exc):
                     raise
                 return False
             return True
@@ -394,3 +394,8 @@ class DestinationLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _precondition_failed(exc: OSError) -> bool:
+    """Whether an S3 conditional put failed because its condition did not hold (someone else wrote first)."""
+    return "pre-condition" in str(exc) or "Precondition" in str(exc)
