@@ -204,7 +204,7 @@ def default_photos_dir() -> Path:
     return root / "natural"
 
 
-def test_split_of(enhancer: object) -> list[str]:
+def model_test_split(enhancer: object) -> list[str]:
     """The test photos a model's sidecar names (never used in its training or checkpoint choice); [] if none."""
     info = getattr(enhancer, "info", None)
     training = getattr(info, "training", None) or {}
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dpe quality: model {reference!r} could not be loaded: {exc}", file=sys.stderr)
             return 2
         models[f"model {reference}"] = method
-        split = split or test_split_of(enhancer)
+        split = split or model_test_split(enhancer)
     folder = args.photos or default_photos_dir()
     names = None if args.all_photos or not split or args.photos is not None else split
     if args.names:
@@ -256,8 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"photos: {len(photos)} from {folder}" + (" (the model's test split)" if names and not args.names else "")
           + (f", long side <= {args.max_side}" if args.max_side else ", full resolution")
           + f"; mode {args.mode}" + (f", strength {args.strength}" if args.strength is not None else ""))
+    noharm: dict[str, list[float]] | None = None  # the same for every family: scored once
     for family in families:
-        result = evaluate(photos, family, models)
+        result = evaluate(photos, family, models, noharm=noharm is None)
+        if noharm is None:
+            noharm = {name: scores.noharm for name, scores in result.scores.items()}
+        else:
+            for name, scores in result.scores.items():
+                scores.noharm = noharm[name]
         print(f"\nfamily {family} ({'training family' if family == 'A' else 'never trained on'}), "
               f"{result.seconds:.0f} s:")
         print(format_table(result))
