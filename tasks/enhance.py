@@ -125,16 +125,11 @@ def _read(item: WorkItem, job: EnhanceJob) -> tuple[Any, dict[str, float]]:
     The stored size is checked first: a file over the input limit (DPE_MAX_INPUT_BYTES, dpe_core.io.limits) is
     a per-file InputTooLargeError naming its size, never read; a local device or pipe is refused unread."""
     from dpe_core.io.limits import DEFAULT_LIMITS
-    from dpe_core.io.storage import check_path_size
 
     t0 = time.perf_counter()
     source = source_place(job.source_url, item.rel, item.url)
-
-    def checked_read() -> bytes:
-        check_path_size(source.fs, source.path(item.rel), max_bytes=DEFAULT_LIMITS.max_input_bytes, name=item.rel)
-        return read_input(source, item.rel)
-
-    data = with_storage_retries(checked_read, f"read {item.url}")
+    data = with_storage_retries(lambda: read_input(source, item.rel, max_bytes=DEFAULT_LIMITS.max_input_bytes),
+                                f"read {item.url}")
     timings = {"read": time.perf_counter() - t0}
     if not job.overlap_cpu:
         return data, timings

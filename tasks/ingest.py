@@ -88,14 +88,12 @@ def ingest_one(entry: FileEntry, job: IngestJob) -> dict[str, Any]:
     from dpe_core.io.errors import PhotoError
     from dpe_core.io.limits import DEFAULT_LIMITS
     from dpe_core.io.redact import redact
-    from dpe_core.io.storage import check_path_size
 
     started = time.perf_counter()
     record: dict[str, Any] = {"path": entry.rel, "url": entry.url, "bytes": entry.size, "version": entry.version}
 
     def checked_read() -> bytes:  # size (and, locally, regular file) checked before a byte is read
-        check_path_size(source.fs, source.path(entry.rel), max_bytes=DEFAULT_LIMITS.max_input_bytes, name=entry.rel)
-        return read_input(source, entry.rel)
+        return read_input(source, entry.rel, max_bytes=DEFAULT_LIMITS.max_input_bytes)
 
     try:
         source = source_place(job.source_url, entry.rel, entry.url)

@@ -78,12 +78,13 @@ def read_path_bytes(fs: fsspec.AbstractFileSystem, path: str, *, max_bytes: int 
         return fs.cat_file(path)
     from dpe_core.io.limits import check_input_size  # local import: limits -> errors -> redact
 
+    # Before opening: a FIFO blocks open() until a writer comes, so it must be refused from its stat.
+    check_path_size(fs, path, max_bytes=max_bytes, name=name)
     if is_local(fs):
         with open(path, "rb") as handle:
-            _check_local(name, os.fstat(handle.fileno()), max_bytes)
+            _check_local(name, os.fstat(handle.fileno()), max_bytes)  # the file opened may not be the one stated
             data = handle.read(max_bytes + 1)
     else:
-        check_input_size(name, fs.size(path), max_bytes)
         data = fs.cat_file(path, start=0, end=max_bytes + 1)
     if len(data) > max_bytes:
         check_input_size(name, len(data), max_bytes)

@@ -223,6 +223,8 @@ def test_size_limits_on_bytes_memory_and_devices(tmp_path):
     fs, path = storage.filesystem(str(fifo))
     with pytest.raises(StorageError, match="pipe.jpg: storage error: not a regular file"):
         storage.check_path_size(fs, path, max_bytes=1 << 30, name="pipe.jpg")
+    with pytest.raises(StorageError, match="pipe.jpg: storage error: not a regular file"):  # refused, not blocked
+        storage.read_path_bytes(fs, path, max_bytes=1 << 30, name="pipe.jpg")
 
 
 # ------------------------------------------------------------------------------------------------ error texts
