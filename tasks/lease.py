@@ -351,14 +351,18 @@ class DestinationLock:
             if self.lost:
                 return
             lease, version = self.store.read()
-            if lease is None or lease.get("owner") != self.owner:
-                self.lost = (f"the lease on {self.url} was taken over by {describe(lease)}" if lease
-                             else f"the lease on {self.url} was removed")
-                log.error("%s", self.lost)
-                return
-            if not self.store.replace(self._lease(), version):
+            if lease is not None and lease.get("owner") == self.owner:
+                if self.store.replace(self._lease(), version):
+                    return
+                # Removed or taken between our read and our write: say which, as it is now.
+                lease, _ = self.store.read()
+            if lease is None:
+                self.lost = f"the lease on {self.url} was removed"
+            elif lease.get("owner") != self.owner:
+                self.lost = f"the lease on {self.url} was taken over by {describe(lease)}"
+            else:
                 self.lost = f"the lease on {self.url} changed while being renewed"
-                log.error("%s", self.lost)
+            log.error("%s", self.lost)
 
     def _start_renewing(self) -> None:
         def loop() -> None:

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.lease import DestinationLock, DestinationLocked
+from tasks.lease import DestinationLock, DestinationLocked, LeaseLost
 from tests.conftest import REPO, dpe_command
 from tests.tasks.helpers import ARCHIVE, image_files, make_folder, read_jsonl, sha256_files
 
 RACE_SCRIPT = """
 import sys, time
-from tasks.lease import DestinationLock, DestinationLocked
+from tasks.lease import DestinationLock, DestinationLocked, LeaseLost
 lock = DestinationLock(sys.argv[1], run=sys.argv[2], ttl_s=30)
 start = float(sys.argv[3])
 while time.time() < start:
@@ -125,6 +125,36 @@ def test_the_holder_renews_its_lease_and_notices_when_it_is_taken(tmp_path, s3_e
             other.release()
         finally:
             holder.release()
+
+
+def test_a_lease_taken_between_the_renewal_read_and_write_is_reported_as_taken(tmp_path, s3_endpoint):
+    """The renewal reads the lease, then writes it conditionally; another run acting in between is named."""
+    import fsspec
+
+    fsspec.filesystem("s3").mkdir("renew-race")
+    for dest in (str(tmp_path / "dest"), "s3://renew-race/dest"):
+        holder = DestinationLock(dest, run="a", ttl_s=600).acquire()
+        read_once = holder.store.read
+        others = []
+
+        def read_then_lose_it():
+            seen = read_once()
+            if not others:  # the first read only: the lease goes to run "c" right after it
+                fs, path = fsspec.core.url_to_fs(holder.url)
+                fs.rm_file(path)
+                others.append(DestinationLock(dest, run="c", ttl_s=600).acquire())
+            return seen
+
+        holder.store.read = read_then_lose_it
+        try:
+            holder.renew()
+            assert holder.lost and "taken over" in holder.lost and "c" in holder.lost
+            with pytest.raises(LeaseLost):
+                holder.check()
+        finally:
+            holder.release()
+            for other in others:
+                other.release()
 
 
 def test_waiting_run_gets_the_lock_when_the_holder_releases_it(tmp_path):
