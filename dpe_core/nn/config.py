@@ -18,6 +18,9 @@ class GeneratorConfig(BaseModel):
     bn_momentum: float = Field(0.1, description="torch momentum; the release's decay 0.9.")
     bn_eps: float = 1e-5
     init_scale: float = Field(1e-3, description="Variance-scaling factor: small so the untrained net ~ identity.")
+    output_init_scale: float | None = Field(
+        None, description="Variance-scaling factor of the last conv (the residual); None: init_scale. A small "
+        "one with init_scale 1 starts at ~identity while the SELUs work in their non-linear range.")
     global_pool: int = Field(
         8,
         description="Adaptive average pool before the VALID global conv; exact at 512 px (8x8 after 6 halvings).",

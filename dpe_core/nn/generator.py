@@ -59,6 +59,8 @@ class GlobalUNetGenerator(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 variance_scaling_(module, config.init_scale)
+        if config.output_init_scale is not None:
+            variance_scaling_(self.out2, config.output_init_scale)
 
     def forward(self, x: torch.Tensor, domain: int = 0, global_vector: torch.Tensor | None = None) -> torch.Tensor:
         """x [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] (unclipped).

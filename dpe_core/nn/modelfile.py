@@ -49,6 +49,7 @@ GENERATOR_BOUNDS: dict[str, tuple[float, float]] = {
     "bn_momentum": (0.0, 1.0),
     "bn_eps": (1e-12, 1.0),
     "init_scale": (0.0, 1e3),
+    "output_init_scale": (0.0, 1e3),
 }
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8, "I64": 8,
                 "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}

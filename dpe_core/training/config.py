@@ -32,7 +32,12 @@ class DataConfig(BaseModel):
     # Named splits beat "the last N": a fixed validation split chooses checkpoints, a test split is never read.
     val_names: list[str] = Field(default_factory=list, description="File names used only for evaluation.")
     exclude_names: list[str] = Field(default_factory=list, description="File names never read (the test split).")
+    extra_train_urls: list[str] = Field(
+        default_factory=list,
+        description="degrade_url: further photo files (fsspec URLs) used for training only, never for evaluation.")
     clean_share: float = Field(0.0, ge=0, le=1, description="Share of undamaged inputs (target = input).")
+    target_jitter: float = Field(0.0, ge=0, le=1, description="Strength of a mild family-A draw applied to the "
+                                 "photo before it becomes the target (0: the photo as it is).")
     load_size: int | None = Field(None, ge=32, description="Long side of cached photos (crops); None: image_size.")
     crop_scale: tuple[float, float] = Field((1.0, 1.0), description="Crop side fractions (low, high) of a photo.")
     whole_share: float = Field(1.0, ge=0, le=1, description="Share of draws that use the whole photo, not a crop.")

@@ -153,15 +153,17 @@ class DegradedPairData:
     """Synthetic pairs from real photos: input = random global degradation of the photo, target = the photo.
 
     Fresh degradation parameters every draw (seeded by (seed, step)) so the model cannot memorise them.
-    clean_share of the draws are undamaged (input = target). With crop_scale low < 1, each draw takes a random
+    clean_share of the draws are undamaged (input = target). target_jitter > 0 first moves each draw's photo by a
+    mild family-A draw of that strength (the target varies between draws of one photo). With crop_scale low < 1, each draw takes a random
     crop covering low..1 of the cached photo's sides (aspect kept within 3:4..4:3 of the photo's own) and
     resizes it to the training size, except whole_share of the draws, which use the whole photo: crops at
     several scales multiply what a few dozen photos can teach, whole photos are what inference sees.
     """
 
     def __init__(self, photos: PhotoSet, augment: bool = True, strength: float = 1.0, clean_share: float = 0.0,
-                 crop_scale: tuple[float, float] = (1.0, 1.0), whole_share: float = 1.0, train_size: int | None = None):
-        self.photos, self.augment, self.strength = photos, augment, strength
+                 crop_scale: tuple[float, float] = (1.0, 1.0), whole_share: float = 1.0, train_size: int | None = None,
+                 target_jitter: float = 0.0):
+        self.photos, self.augment, self.strength, self.target_jitter = photos, augment, strength, target_jitter
         self.clean_share, self.crop_scale, self.whole_share = clean_share, crop_scale, whole_share
         self.size = train_size or photos.size
         self.wholes = [resize_long_side(img, self.size).clamp(0, 1) if max(img.shape[1:]) > self.size else img
@@ -190,6 +192,11 @@ class DegradedPairData:
         items = []
         for _ in range(batch_size):
             target = self._sample(rng)
+            if self.target_jitter > 0:
+                # A mild family-A draw moves the photo itself, within what good photos vary by: the net cannot
+                # learn "this photo looks like that" from a few dozen photos and must read the correction from
+                # the input.
+                target = random_degradation(rng, self.target_jitter).apply(target)
             degraded = random_degradation(rng, self.strength, self.clean_share).apply(target)
             items.append(_fit_pair(degraded, target, self.size, rng.randrange(8) if self.augment else 0))
         return Batch(*(torch.stack(t) for t in zip(*items, strict=True)))

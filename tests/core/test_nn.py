@@ -91,6 +91,22 @@ def test_untrained_generator_is_near_identity_on_real_photos(generator, testdata
     assert change < 0.02
 
 
+def test_output_init_scale_keeps_a_full_scale_net_near_identity(testdata):
+    """init_scale 1 puts the SELUs in their non-linear range; a small residual conv keeps the start ~identity."""
+    from dpe_core.nn import GeneratorConfig
+    from dpe_core.training.data import load_rgb
+
+    photos = sorted((testdata / "natural").glob("*.jpg"))[:4]
+    x = torch.stack([load_rgb(str(p), 256)[:, :160, :160] for p in photos])
+    changes = {}
+    for output_scale in (None, 1e-4):
+        torch.manual_seed(0)
+        net = build_generator(GeneratorConfig(init_scale=1.0, output_init_scale=output_scale)).eval()
+        with torch.no_grad():
+            changes[output_scale] = (net(x) - x).abs().mean().item()
+    assert changes[1e-4] < 0.02 < changes[None]
+
+
 def test_generator_init_is_variance_scaling(generator):
     w = generator.enc4.conv.weight
     fan_in = w.shape[1] * w.shape[2] * w.shape[3]

@@ -47,6 +47,27 @@ def test_named_splits_keep_test_photos_unread_and_validation_apart(tmp_path):
         build_data(config.model_copy(update={"data": config.data.model_copy(update={"val_names": ["nope.png"]})}))
 
 
+def test_extra_training_photos_join_training_only_and_never_shadow_held_out_names(tmp_path):
+    (tmp_path / "main").mkdir()
+    (tmp_path / "extra").mkdir()
+    folder = _photo_folder(tmp_path / "main")
+    extra = _photo_folder(tmp_path / "extra", 2)
+    extra_urls = [str(extra / "p0.png").replace("p0", "x0"), str(extra / "p1.png")]
+    (extra / "p0.png").rename(extra_urls[0])
+    config = TrainConfig(mode="supervised", image_size=32, data=DataConfig(
+        degrade_url=str(folder), val_names=["p2.png"], exclude_names=["p5.png"], extra_train_urls=extra_urls[:1]))
+    data = build_data(config)
+    assert data.train_urls[-1] == extra_urls[0] and len(data.train.photos) == 5  # p0 p1 p3 p4 + x0
+    assert [u.rsplit("/", 1)[-1] for u in data.holdout_urls] == ["p2.png"]  # evaluation is unchanged
+    # An extra photo named like a held-out one would blur the line between training and evaluation.
+    for held in ("p2.png", "p5.png"):
+        (extra / "p1.png").rename(extra / held)
+        clash = config.data.model_copy(update={"extra_train_urls": [str(extra / held)]})
+        with pytest.raises(ValueError, match=held):
+            build_data(config.model_copy(update={"data": clash}))
+        (extra / held).rename(extra / "p1.png")
+
+
 def test_crops_at_several_scales_and_clean_share(tmp_path):
     folder = _photo_folder(tmp_path, 3)
     photos = PhotoSet([str(folder / f"p{i}.png") for i in range(3)], 64)
@@ -60,6 +81,20 @@ def test_crops_at_several_scales_and_clean_share(tmp_path):
     assert len(valid_areas) > 3  # crops of different shapes, not one fixed framing
     again = data.batch(seed=1, step=0, batch_size=16)
     assert torch.equal(again.x, batch.x) and torch.equal(again.y, batch.y)  # resumable: a function of (seed, step)
+
+
+def test_target_jitter_moves_the_target_not_the_pairing(tmp_path):
+    folder = _photo_folder(tmp_path, 1)
+    photos = PhotoSet([str(folder / "p0.png")], 32)
+    targets = {}
+    for jitter in (0.0, 0.3):
+        data = DegradedPairData(photos, augment=False, clean_share=1.0, target_jitter=jitter)
+        batch = data.batch(seed=3, step=0, batch_size=8)
+        assert torch.equal(batch.x, batch.y)  # undamaged draws: the input is still its own target
+        targets[jitter] = batch.y
+    assert all(torch.equal(t, targets[0.0][0]) for t in targets[0.0])  # no jitter: always the photo
+    moved = [(t - targets[0.0][0]).abs().mean().item() for t in targets[0.3]]
+    assert sum(m > 1e-3 for m in moved) >= 3 and max(moved) < 0.15  # mild moves, different per draw
 
 
 def test_masked_mse_weighs_every_image_alike_whatever_its_padding():
