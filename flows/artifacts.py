@@ -70,6 +70,9 @@ def counts_table(summary: dict[str, Any], key: str | None, description: str) -> 
         {"metric": "idle worker time per shard incl. tail (s)", "value": summary.get("idle_per_shard_s")},
         {"metric": "run total (s)", "value": summary.get("total_s")},
     ]
+    for row in rows:  # a figure that does not exist (no enhancement phase, one shard) reads n/a, never None
+        if row["value"] is None:
+            row["value"] = "n/a"
     create_table_artifact(table=rows, key=key, description=description)
 
 

@@ -2,8 +2,9 @@
 
 list -> plan (skip what the destination's manifest records as done and whose output is intact) -> shards
 (many photos per task) -> Dask workers (model loaded once per worker process) -> per-file records -> report,
-manifest, artifacts. A failing photo never fails the run: the final state's message says how many failed
-and the CLI's exit code reflects it.
+manifest, artifacts. A failing photo never fails the run: it ends in a Completed state named "Completed with
+failures" (flows/outcome.py: plus a dpe.enhance.* event with the counts, for alerts), its message says how many
+failed, one WARNING names them, and the CLI's exit code is 1.
 
 The flow process imports no torch: dpe_core's model code is imported inside the task bodies on the workers.
 """
@@ -20,17 +21,17 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
-from prefect.states import Completed
 
 from flows.artifacts import Progress, artifact_key, counts_table, publish_summary, summary_markdown
 from flows.cluster import ClusterInfo, dask_cluster
+from flows.outcome import counts_words, final_state, log_failures, na
 from flows.params import EnhanceParams, default_registry
 from tasks.enhance import EnhanceJob, Shard, ShardResult, enhance_shard
 from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
 from tasks.lease import DestinationLock, describe
 from tasks.listing import Listing
 from tasks.manifest import clear_records, load_state, merge_state, records_root, run_url, write_manifest
-from tasks.paths import check_destinations, join, printable
+from tasks.paths import check_destinations, join
 from tasks.plan import Plan, WorkItem, plan, settings_key
 from tasks.registry import ModelRef, resolve
 from tasks.sharding import lpt_shards
@@ -249,8 +250,7 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
     logger.info("%d photos under %s: %d to enhance, %d already done, %d refused, %d not read; model %s, mode %s",
                 total, params.source_url, len(the_plan.todo), len(the_plan.skipped), len(the_plan.errors),
                 len(the_plan.left_out), model.id, params.mode)
-    for record in the_plan.errors + the_plan.left_out:
-        logger.warning("%s: %s", record["status"], printable(record["reason"]))
+    log_failures(logger, the_plan.errors + the_plan.left_out, what="refused or not read at planning")
     _emit({"event": "planned", "total": total, "todo": len(the_plan.todo), "skipped": len(the_plan.skipped)})
     progress = Progress(f"Enhancing {params.source_url} -> {params.dest_url}")
     done_before = total - len(the_plan.todo)
@@ -329,14 +329,19 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
     failures = sorted((r for r in records if r["status"] == "error"), key=lambda r: r["input"])
     previews = [p for r in sorted(results, key=lambda r: r.index) for p in r.previews][: params.previews]
     key = artifact_key("enhance", params.dest_url)
+    in_words = f"{counts_words(counts['ok'], counts['error'], counts['skipped'])} of {total} photos"
     with contextlib.suppress(Exception):  # artifacts are reporting: never fail a finished run over them
-        counts_table(summary, key=f"{key}-counts", description=f"Counts and throughput, run {run_id}")
+        counts_table(summary, key=f"{key}-counts", description=f"Run {run_id}: {in_words}, "
+                                                               f"{na(summary['photos_per_s'])} photos/s")
         publish_summary(summary_markdown(f"Enhance run {run_id}", summary, failures, previews), key=key,
-                        description=f"{params.source_url} -> {params.dest_url}")
+                        description=f"{params.source_url} -> {params.dest_url}: {in_words}")
     progress.update(1.0)
     _emit({"event": "finished", "summary": summary})
+    log_failures(logger, failures)
     by_policy = summary["not_read"]["skipped"]
     skipped = f"{counts['skipped']} skipped" + (f" ({by_policy} not read: link policy)" if by_policy else "")
     message = f"{counts['ok']} enhanced, {skipped}, {counts['error']} failed of {total} photos"
     logger.info("%s; report %s", message, summary["report_url"])
-    return Completed(message=message, data=summary)
+    return final_state("enhance", {"ok": counts["ok"], "failed": counts["error"], "skipped": counts["skipped"],
+                                   "total": total}, message, summary, dest_url=params.dest_url,
+                       extra={"run_id": run_id, "report_url": summary["report_url"]})

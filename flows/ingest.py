@@ -21,10 +21,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
-from prefect.states import Completed
 
 from flows.artifacts import artifact_key, publish_summary
 from flows.cluster import dask_cluster
+from flows.outcome import final_state, log_failures
 from flows.params import IngestParams
 from tasks.ingest import COPIES_DIR, IngestJob, IngestResult, IngestShard, copy_rel, ingest_shard
 from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
@@ -162,8 +162,10 @@ def ingest_dataset(params: IngestParams) -> dict[str, Any]:
                         description=f"{params.source_url} -> {params.dest_url}")
     message = f"{valid} valid, {len(invalid)} invalid" + (f", {len(skipped)} not read (link policy)" if skipped
                                                             else "") + f" of {len(records)} files"
+    log_failures(logger, invalid, name_key="path", what="invalid")
     logger.info(message)
-    return Completed(message=message, data=summary)
+    return final_state("ingest", {"ok": valid, "failed": len(invalid), "skipped": len(skipped),
+                                  "total": len(records)}, message, summary, dest_url=params.dest_url)
 
 
 def _cell(text: Any) -> str:

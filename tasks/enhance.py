@@ -568,5 +568,6 @@ def enhance_shard(shard: Shard, job: EnhanceJob) -> ShardResult:
     logger = get_run_logger()
     result = process_shard(shard, job, log=logger.warning)
     counts = result.counts
-    logger.info("shard %d: %s in %.1f s on %s", shard.index, counts, result.busy_s, result.worker)
+    logger.info("shard %d: %d ok, %d failed in %.1f s on %s", shard.index, counts.get("ok", 0),
+                counts.get("error", 0), result.busy_s, result.worker)
     return result
