@@ -109,25 +109,33 @@ class QualityResult:
 
 
 def evaluate(photos: Sequence[tuple[str, np.ndarray]], family: str, models: dict[str, Method],
-             baselines: dict[str, Method] | None = None, keep_samples: int = 4, noharm: bool = True) -> QualityResult:
-    """Damage each photo with the family's fixed draw, restore it with every baseline and model, score it.
+             baselines: dict[str, Method] | None = None, keep_samples: int = 4, noharm: bool = True,
+             draws: int = 1) -> QualityResult:
+    """Damage each photo with the family's fixed draws, restore it with every baseline and model, score it.
 
-    photos: (name, HxWx3 float32 in [0,1]); models: name -> method. keep_samples photos keep their images for a
-    contact sheet (damaged, each model's output, original).
+    photos: (name, HxWx3 float32 in [0,1]); models: name -> method. Each photo gets `draws` different fixed
+    draws (draw k of photo i is the family's draw k*len(photos) + i, so draws=1 is the single-draw benchmark);
+    more draws average out how lucky one draw is for one method. keep_samples photos keep their first draw's
+    images for a contact sheet (damaged, each model's output, original). No-harm is scored once per photo.
     """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
     baselines = BASELINES if baselines is None else baselines
     methods = dict(baselines) | dict(models)
-    defects = family_defects(family, len(photos))
+    count = len(photos)
+    defects = family_defects(family, count * draws)
     scores = {name: MethodScores() for name in methods}
     samples: list[dict[str, np.ndarray]] = []
     started = time.perf_counter()
-    for (name, original), defect in zip(photos, defects, strict=True):
+    for k, i in ((k, i) for k in range(draws) for i in range(count)):
+        name, original = photos[i]
+        defect = defects[k * count + i]
         damaged = defect.apply(torch.from_numpy(original).permute(2, 0, 1)).permute(1, 2, 0).contiguous().numpy()
-        sample = {"damaged": damaged, "original": original} if len(samples) < keep_samples else None
+        sample = {"damaged": damaged, "original": original} if k == 0 and len(samples) < keep_samples else None
         for method_name, method in methods.items():
             restored = np.clip(method(damaged), 0, 1).astype(np.float32)
             scores[method_name].restore.append(score(restored, original))
-            if noharm:
+            if noharm and k == 0:
                 kept = np.clip(method(original), 0, 1).astype(np.float32)
                 scores[method_name].noharm.append(score(kept, original)[0])
             if sample is not None and method_name in models:
@@ -227,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strength", type=float, default=None)
     parser.add_argument("--out", type=Path, default=None, help="folder for contact sheets (PNG)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    parser.add_argument("--draws", type=int, default=1, help="fixed defect draws per photo (1: the single-draw "
+                        "benchmark; more average out lucky draws)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
 
@@ -255,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(f"photos: {len(photos)} from {folder}" + (" (the model's test split)" if names and not args.names else "")
           + (f", long side <= {args.max_side}" if args.max_side else ", full resolution")
-          + f"; mode {args.mode}" + (f", strength {args.strength}" if args.strength is not None else ""))
+          + f"; mode {args.mode}" + (f", strength {args.strength}" if args.strength is not None else "")
+          + (f"; {args.draws} defect draws per photo" if args.draws > 1 else ""))
     noharm: dict[str, list[float]] | None = None  # the same for every family: scored once
     for family in families:
-        result = evaluate(photos, family, models, noharm=noharm is None)
+        result = evaluate(photos, family, models, noharm=noharm is None, draws=max(1, args.draws))
         if noharm is None:
             noharm = {name: scores.noharm for name, scores in result.scores.items()}
         else:

@@ -117,3 +117,21 @@ def test_quality_table_scores_methods_and_writes_a_contact_sheet(tmp_path):
     sheet = contact_sheet(result, tmp_path / "sheet.png", height=40)
     with Image.open(sheet) as img:
         assert img.height > 2 * 40 and img.width > 3 * 40
+
+
+def test_several_draws_per_photo_extend_the_single_draw_benchmark():
+    from dpe_core.quality.report import evaluate
+
+    rng = np.random.default_rng(6)
+    base = np.clip(rng.random((32, 40, 3)).astype(np.float32) * 0.6 + 0.2, 0, 1)
+    photos = [(f"p{i}.png", np.clip(base * (0.7 + 0.2 * i), 0, 1).astype(np.float32)) for i in range(2)]
+    model = {"model same": lambda image: image}
+    one = evaluate(photos, "A", model, keep_samples=0)
+    three = evaluate(photos, "A", model, keep_samples=0, draws=3)
+    restore_one = one.scores["identity"].restore
+    restore_three = three.scores["identity"].restore
+    assert len(restore_three) == 6 and restore_three[:2] == restore_one  # draw 0 is the single-draw benchmark
+    assert len({round(r[0], 6) for r in restore_three}) == 6  # every photo x draw is a different defect
+    assert len(three.scores["identity"].noharm) == 2  # no-harm once per photo, not per draw
+    with pytest.raises(ValueError, match="draws"):
+        evaluate(photos, "A", model, draws=0)
