@@ -26,11 +26,14 @@ for output channel c (k = 3: the offset b_c).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dpe_core.threads import StripPool
 
 DEFAULT_RADIUS = 2
 DEFAULT_EPS = 1e-4
@@ -137,11 +140,17 @@ def _area_columns(rows: torch.Tensor, w: int, dim: int) -> torch.Tensor:
 
 
 def area_downscale(
-    src: PixelSource, size: tuple[int, int], device: torch.device, strip_pixels: int = DEFAULT_STRIP_PIXELS
+    src: PixelSource,
+    size: tuple[int, int],
+    device: torch.device,
+    strip_pixels: int = DEFAULT_STRIP_PIXELS,
+    pool: StripPool | None = None,
 ) -> torch.Tensor:
     """Resample the photo to size (h, w): exact area averaging when shrinking, bilinear when enlarging.
 
-    Returns float32 [3,h,w] in [0,1]. Reads the source in strips (memory: one strip plus [h,W,3] floats).
+    Returns float32 [3,h,w] in [0,1]. Reads the source in strips (memory: one strip per pool thread plus [h,W,3]
+    floats). ``pool``: CPU strips go to its threads (reading and converting in parallel, each strip's row sums
+    added in strip order, so the result does not depend on the pool's size); None runs in the calling thread.
     """
     h, w = size
     big_h, big_w = src.height, src.width
@@ -152,12 +161,35 @@ def area_downscale(
         return F.interpolate(full[None], size=(h, w), mode="bilinear", align_corners=False)[0].clamp_(0, 1)
     acc = torch.zeros((h, big_w * 3), dtype=torch.float32, device=device)
     step = max(1, strip_pixels // big_w)
-    for y0 in range(0, big_h, step):
+    starts = list(range(0, big_h, step))
+
+    def read(y0: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         y1 = min(big_h, y0 + step)
         lo, weights = _area_matrix(big_h, h, y0, y1, torch.float32)
-        strip = src.read_float(y0, y1, device).view(y1 - y0, big_w * 3)
-        acc[lo : lo + weights.shape[0]].addmm_(weights.to(device), strip)
-    low = _area_columns(acc.view(h, big_w, 3), w, dim=1)  # [h, w, 3]
+        return lo, weights.to(device), src.read_float(y0, y1, device).view(y1 - y0, big_w * 3)
+
+    def add(prepared: tuple[int, torch.Tensor, torch.Tensor]) -> None:
+        # Adjacent strips share an output row; adding in strip order keeps the sums independent of the pool.
+        lo, weights, strip = prepared
+        acc[lo : lo + weights.shape[0]].addmm_(weights, strip)
+
+    if pool is None or device.type != "cpu":
+        for y0 in starts:
+            add(read(y0))
+    else:
+        pool.run_ordered(read, add, starts)
+    low = acc.view(h, big_w, 3)
+    if pool is None or device.type != "cpu":
+        low = _area_columns(low, w, dim=1)  # [h, w, 3]
+    else:  # rows are independent: chunks of rows on the pool's threads, same numbers
+        out = torch.empty((h, w, 3), dtype=torch.float32, device=device)
+        chunk = max(1, -(-h // (4 * pool.workers)))
+
+        def columns(r0: int) -> None:
+            out[r0 : r0 + chunk] = _area_columns(low[r0 : r0 + chunk], w, dim=1)
+
+        pool.run(columns, range(0, h, chunk))
+        low = out
     return low.permute(2, 0, 1).div_(src.max_value).contiguous()
 
 
@@ -308,22 +340,39 @@ class StripKernel:
     c [12,h,w] low-resolution coefficients; i0, i1, wy [S] the bilinear rows and weights of the strip's output rows
     (indices into c); pix [S,W,3]. ``compiled=False`` is the eager path (few big kernels: vertical lerp at low width,
     one bilinear interpolate to the full width in channels_last, three multiply-adds); ``compiled=True`` runs
-    affine_rows through torch.compile (one fused loop; worth it on CPUs, where the eager path is memory-bound).
+    affine_rows through torch.compile (one fused loop; worth it on CPUs, where the eager path is memory-bound),
+    generated for one intra-op thread (it runs on a StripPool's threads: no OpenMP barrier across cores).
+    ``ready(dtype)``: compiled for that pixel dtype already (a call with another dtype compiles first: seconds).
     """
 
     def __init__(self, compiled: bool = False):
         self.compiled = compiled
-        self._fn = torch.compile(affine_rows, dynamic=True) if compiled else None
+        self._fn = (
+            torch.compile(affine_rows, dynamic=True, options={"cpp.threads": 1}) if compiled else None
+        )
+        self._ready: set[torch.dtype] = set()
+        self._lock = threading.Lock()  # one compilation at a time; pool threads wait for it
+
+    def ready(self, dtype: torch.dtype) -> bool:
+        return self._fn is None or dtype in self._ready
 
     def __call__(self, c, i0, i1, wy, pix, top, out_dtype):
         s, big_w = pix.shape[0], pix.shape[1]
-        if self._fn is not None:
-            lo, hi = int(i0[0]), int(i1[-1])
+        lo, hi = int(i0[0]), int(i1[-1])
+        # Strips of one row (or one coefficient row) would make the dynamic-shape kernel specialise and compile
+        # again mid-run: the eager path computes them.
+        if self._fn is not None and min(s, big_w, hi + 1 - lo) >= 2:
             # Horizontal (linear) interpolation of the few coefficient rows the strip needs.
             n = hi + 1 - lo
             rows = c[:, lo : hi + 1].reshape(1, 12 * n, c.shape[-1])
             hrows = F.interpolate(rows, size=big_w, mode="linear", align_corners=False).view(12, n, big_w)
-            return self._fn(hrows.transpose(0, 1), i0 - lo, i1 - lo, wy, pix, top, out_dtype)
+            args = (hrows.transpose(0, 1), i0 - lo, i1 - lo, wy, pix, top, out_dtype)
+            if pix.dtype in self._ready:
+                return self._fn(*args)
+            with self._lock:
+                out = self._fn(*args)
+                self._ready.add(pix.dtype)
+            return out
         vert = torch.lerp(c[:, i0], c[:, i1], wy[:, None])  # [12,S,w]
         vert = vert[None].contiguous(memory_format=torch.channels_last)
         full = F.interpolate(vert, size=(s, big_w), mode="bilinear", align_corners=False)  # [1,12,S,W] channels_last
@@ -344,8 +393,12 @@ def apply_affine(
     device: torch.device,
     strip_pixels: int = DEFAULT_STRIP_PIXELS,
     kernel: StripKernel = EAGER,
+    pool: StripPool | None = None,
 ) -> np.ndarray | torch.Tensor:
     """Upsample coefficients [12,h,w] bilinearly to the photo's size and apply them, strip by strip.
+
+    ``pool``: CPU strips go to its threads, a free thread taking the next strip (same numbers as serial: every
+    strip's arithmetic is the same); None runs them in the calling thread.
 
     Returns the enhanced photo in the source's storage: numpy HxWx3 of the same dtype (uint8, uint16; floats
     become float32), or a torch [3,H,W] float32 tensor for a tensor source; values clipped to the valid range.
@@ -360,8 +413,15 @@ def apply_affine(
     i0, i1, wy = _row_map(c.shape[1], big_h, device)
     sink = PixelSink(src)
     step = max(1, strip_pixels // big_w)
-    for y0 in range(0, big_h, step):
+
+    def strip(y0: int) -> None:  # disjoint rows of the sink: strips need no ordering
         y1 = min(big_h, y0 + step)
         pix = src.read(y0, y1, device)
         sink.write(y0, y1, kernel(c, i0[y0:y1], i1[y0:y1], wy[y0:y1], pix, top, sink.torch_dtype))
+
+    if pool is None or device.type != "cpu":
+        for y0 in range(0, big_h, step):
+            strip(y0)
+    else:
+        pool.run(strip, range(0, big_h, step))
     return sink.data

@@ -44,12 +44,18 @@ Performance (measured numbers: benchmarks/enhance_speed.py):
   ``torch.inference_mode``, batched (``batch_size``), channels_last (default; ``channels_last=False`` to disable),
   autocast bf16 (fp16 where bf16 is unsupported) on CUDA (``amp``), ``torch.compile`` when ``compile=True`` (off
   by default: on CPU it costs ~1 min of compilation per process for ~1.5x);
-- the full-resolution apply of ``full`` is one fused loop when compiled, a few large eager kernels otherwise. On
-  CPU the fused loop is ~2.5x cheaper per pixel but compiling it costs ~10-40 s once per process (inductor caches
-  it on disk), so ``compile_apply="auto"`` stays eager for the first ``compile_after`` photos of at least
-  ``compile_min_pixels`` and compiles from the next one: long-running workers amortise it, one-off calls never pay
-  it ("on"/"off" force it). GPUs run the eager kernels (memory-bound either way);
-- ``threads`` sets torch's intra-op threads (process-wide); None keeps torch's default (one per physical core).
+- the full-resolution stages of ``full`` (area downscale, guided fit, apply) run on CPU as strips handed one at a
+  time to a pool of single-threaded Python threads (dpe_core.threads): when another process keeps a core busy, that
+  core costs its share instead of a wait at every OpenMP barrier (measured on 2 cores with one taken: a 12 MP apply
+  2.8-4.5 s with torch's 2 threads, 0.9-1.2 s in strips). Results do not depend on the number of threads;
+- the apply is one fused loop when compiled (``compile_apply``), a few large eager kernels otherwise. On CPU the
+  fused loop is ~3x cheaper per pixel, but compiling it costs ~10-40 s once per process (inductor caches it on
+  disk): ``warm_up()`` compiles it (workers call it at start-up), and "auto" uses it only once compiled, never
+  compiling in the middle of a call; "on" compiles at first use, "off" never. GPUs run the eager kernels;
+- the working-size forward also runs on one pool thread (one intra-op thread): with a core taken, a 2-thread
+  forward waits at every layer; on an idle machine a large net pays up to 2x for it (the bundled model: ~20 ms);
+- ``threads`` sets torch's intra-op threads (process-wide) and the strip pool's size; None: the cores this process
+  may really use (affinity mask, cgroup CPU quota), and never more than torch's default.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -78,13 +84,14 @@ from dpe_core.guided import (
     area_downscale,
     blend_with_identity,
     fit_affine,
-    resize_plane,
     working_size,
 )
 from dpe_core.inference_graph import ALIGN, FoldedGenerator, enlarged_rate, tile_margin
+from dpe_core.inference_inputs import Job, array_job, pil_job, tensor_job, to_storage
 from dpe_core.nn.generator import GlobalUNetGenerator
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
+from dpe_core.threads import StripPool, available_cpus, strip_pool
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +111,13 @@ class EnhancerOptions(BaseModel):
     channels_last: bool = Field(True, description="oneDNN/cuDNN convs are faster on NHWC (CPU: ~5-10% here).")
     compile: bool = Field(False, description="torch.compile the net (CPU: ~1 min compile per process, ~1.5x).")
     compile_apply: Literal["auto", "on", "off"] = Field(
-        "auto", description="CPU full-resolution apply: 'auto' compiles it once enough large photos were seen."
+        "auto", description="CPU full-resolution apply: 'auto' uses the fused kernel once warm_up() compiled it."
     )
-    compile_min_pixels: int = Field(8_000_000, description="'auto': photos from this size count as large.")
-    compile_after: int = Field(3, ge=0, description="'auto': compile from the (n+1)-th large photo of the process.")
+    compile_min_pixels: int = Field(1_000_000, description="'auto': the fused kernel for photos from this size.")
     amp: bool | None = Field(None, description="Autocast bf16/fp16 on CUDA; None: on for CUDA, never on CPU.")
-    threads: int | None = Field(None, ge=1, description="torch.set_num_threads (process-wide); None: default.")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads (torch intra-op, strip pool); None: the cores this process may use."
+    )
     guided_radius: int = Field(DEFAULT_RADIUS, ge=1, description="Window radius at the working size (px).")
     guided_eps: float = Field(DEFAULT_EPS, gt=0)
     strip_pixels: int = Field(DEFAULT_STRIP_PIXELS, ge=1024, description="Full-res pixels per strip.")
@@ -130,17 +138,6 @@ def _have_compiler() -> bool:
     return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
 
 
-@dataclass
-class _Job:
-    """One image on its way through the Enhancer."""
-
-    src: PixelSource
-    finish: Callable[[Any], Any]  # storage result (numpy/tensor, or None for tensors) -> the caller's kind
-    low: torch.Tensor | None = None  # [3,h,w] in [0,1] at the working size
-    net_out: torch.Tensor | None = None  # [3,h,w] net output (unclipped)
-    global_vector: torch.Tensor | None = None  # [128,1,1] (tiled)
-
-
 class Enhancer:
     """Enhance photos with a generator at any resolution (see the module docstring for modes and options).
 
@@ -159,8 +156,14 @@ class Enhancer:
         self.options = opts = EnhancerOptions(**options)
         self.device = pick_device(device)
         self.info = info
-        if opts.threads:
-            torch.set_num_threads(opts.threads)
+        # Threads from the cores this process may really use (affinity, cgroup quota): torch's default counts
+        # the machine's cores, and a thread more than the quota stalls every parallel region.
+        self.threads = opts.threads or available_cpus()
+        if opts.threads or torch.get_num_threads() > self.threads:
+            torch.set_num_threads(self.threads)
+        # Memory-bound full-resolution stages (downscale, fit, apply) run as strips on single-threaded pool
+        # threads: a core another process keeps busy then costs its share, not a wait at every OpenMP barrier.
+        self.pool: StripPool | None = strip_pool(self.threads) if self.device.type == "cpu" else None
         on_cuda = self.device.type == "cuda"
         self.channels_last = opts.channels_last
         self.amp_dtype: torch.dtype | None = None
@@ -179,9 +182,8 @@ class Enhancer:
         self.net = net
         self._forward = torch.compile(net, options={"freezing": True} if not on_cuda else None) if opts.compile else net
         self._enlarged: dict[int, FoldedGenerator] = {}
-        self._apply_kernel: Callable | None = None
+        self._apply_kernel: StripKernel | None = None
         self._apply_compile_failed = False
-        self._large_seen = 0
         self.last_timings: dict[str, float] = {}  # seconds per stage of the last enhance/enhance_batch call
 
     # ------------------------------------------------------------------ construction
@@ -236,7 +238,7 @@ class Enhancer:
         with torch.inference_mode():
             for job in jobs:
                 h, w = working_size(job.src.height, job.src.width, self.working)
-                job.low = area_downscale(job.src, (h, w), self.device, self.options.strip_pixels)
+                job.low = area_downscale(job.src, (h, w), self.device, self.options.strip_pixels, self.pool)
             clock.lap("downscale")
             self._run_working(jobs, global_only=(mode == "tiled"))
             clock.lap("network" if mode != "tiled" else "global feature")
@@ -248,7 +250,7 @@ class Enhancer:
         return results
 
     # ------------------------------------------------------------------ stages
-    def _run_working(self, jobs: list[_Job], global_only: bool) -> None:
+    def _run_working(self, jobs: list[Job], global_only: bool) -> None:
         """Pad every working-size image to the working square, run the net in batches, crop."""
         s = self.working
         bs = self.options.batch_size
@@ -263,34 +265,38 @@ class Enhancer:
                 for j, gv in zip(chunk, g, strict=True):
                     j.global_vector = gv
                 continue
-            with self._autocast():
-                out = self._forward(batch)
-            out = out.float()
+            out = self._on_pool(partial(self._net_forward, batch)).float()
             for j, o in zip(chunk, out, strict=True):
                 j.net_out = o[:, : j.low.shape[1], : j.low.shape[2]]
 
-    def _finish(self, job: _Job, mode: str, clock: _Clock, strength: float = 1.0) -> Any:
+    def _net_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self._forward(batch)
+
+    def _finish(self, job: Job, mode: str, clock: _Clock, strength: float = 1.0) -> Any:
         if mode == "paper":
             out = job.net_out if strength == 1.0 else torch.lerp(job.low, job.net_out, strength)
-            return _to_storage(out, job.src)
+            return to_storage(out, job.src)
         if mode == "full":
-            coeffs = fit_affine(job.low[None], job.net_out[None], self._radius(), self.options.guided_eps)[0]
+            coeffs = self._on_pool(
+                lambda: fit_affine(job.low[None], job.net_out[None], self._radius(), self.options.guided_eps)[0]
+            )
             # Strength folded into the coefficients: the full-size apply stays one pass at the same cost.
             coeffs = blend_with_identity(coeffs, strength)
             clock.lap("fit")
-            return apply_affine(job.src, coeffs, self.device, self.options.strip_pixels, self._kernel_for(job.src))
+            return self._apply(job.src, coeffs)
         return self._tiled(job, clock, strength)
 
     def _radius(self) -> int:
         return max(1, round(self.options.guided_radius * self.working / 512))
 
-    def _tiled(self, job: _Job, clock: _Clock, strength: float = 1.0) -> Any:
+    def _tiled(self, job: Job, clock: _Clock, strength: float = 1.0) -> Any:
         opts, src = self.options, job.src
         big_h, big_w = src.height, src.width
         cap = opts.tiled_max_side
         if cap is not None and max(big_h, big_w) > cap:
             ht, wt = working_size(big_h, big_w, cap)
-            x = area_downscale(src, (ht, wt), self.device, opts.strip_pixels)
+            x = area_downscale(src, (ht, wt), self.device, opts.strip_pixels, self.pool)
         else:
             ht, wt = big_h, big_w
             x = (src.read_float(0, big_h, self.device) / src.max_value).permute(2, 0, 1).contiguous()
@@ -316,14 +322,14 @@ class Enhancer:
         if strength != 1.0:
             out = torch.lerp(x, out, strength)
         if (ht, wt) == (big_h, big_w):
-            return _to_storage(out, src)
+            return to_storage(out, src)
         # Capped: add the bilinearly upsampled enhancement (out - x at the capped size) to the full-size photo,
         # as an affine field with A = identity and b = the enhancement.
         coeffs = torch.zeros((12, ht, wt), dtype=torch.float32, device=self.device)
         for c in range(3):
             coeffs[5 * c] = 1.0
         coeffs[3::4] = out - x
-        return apply_affine(src, coeffs, self.device, opts.strip_pixels, self._kernel_for(src))
+        return self._apply(src, coeffs)
 
     def _enlarged_net(self, rate: int) -> FoldedGenerator:
         if rate not in self._enlarged:
@@ -343,44 +349,95 @@ class Enhancer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _kernel_for(self, src: PixelSource) -> Callable:
-        """The per-strip apply: compiled on CPU for large photos (see compile_apply), eager otherwise."""
+    def _on_pool(self, fn: Callable[[], Any]) -> Any:
+        """fn() on one single-threaded pool thread on CPU (small work: an OpenMP team would mostly wait)."""
+        return self.pool.call(fn) if self.pool is not None else fn()
+
+    def _apply(self, src: PixelSource, coeffs: torch.Tensor) -> Any:
+        kernel = self._kernel_for(src)
+        try:
+            return apply_affine(src, coeffs, self.device, self.options.strip_pixels, kernel, self.pool)
+        except Exception as exc:
+            if kernel is EAGER:
+                raise
+            # No working compiler, an inductor limitation...: the eager kernel computes the same (to rounding).
+            log.warning("compiled apply kernel unavailable (%s: %s); using the eager one", type(exc).__name__, exc)
+            self._apply_compile_failed = True
+            return apply_affine(src, coeffs, self.device, self.options.strip_pixels, EAGER, self.pool)
+
+    def _kernel_for(self, src: PixelSource) -> StripKernel:
+        """The per-strip apply: on CPU the fused (compiled) kernel when it is ready, eager otherwise.
+
+        'auto' never compiles during a call (warm_up() does, ahead of the photos): a compilation takes seconds
+        and would stall whichever photo triggered it. 'on' compiles at first use when warm_up() did not."""
         mode = self.options.compile_apply
-        if mode == "off" or self._apply_compile_failed:
+        if mode == "off" or self._apply_compile_failed or self.device.type != "cpu":
             return EAGER
         if mode == "auto":
-            if self.device.type != "cpu" or src.height * src.width < self.options.compile_min_pixels:
+            kernel = self._apply_kernel
+            if kernel is None or not kernel.ready(_pixel_dtype(src)):
                 return EAGER
-            self._large_seen += 1
-            if self._large_seen <= self.options.compile_after or not _have_compiler():
-                return EAGER
+            return kernel if src.height * src.width >= self.options.compile_min_pixels else EAGER
         if self._apply_kernel is None:
-            self._apply_kernel = _checked_compile(self)
+            self._apply_kernel = StripKernel(compiled=True)
         return self._apply_kernel
+
+    def warm_up(self) -> dict[str, float]:
+        """Run once before the photos: the first forward, and (CPU, compile_apply 'auto' or 'on', a C++ compiler
+        present) the compilation of the fused apply kernel for 8-bit photos. Returns seconds per step.
+
+        Long-running workers call it at start-up (tasks/models.py), so no user's photo waits for a compiler."""
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        # 300 x 700: several strips of several rows each, so the dynamic-shape kernel compiled here is the one
+        # full-size photos use (a one-row strip or one-strip photo would specialise it).
+        sample = (rng.random((300, 700, 3)) * 255).astype(np.uint8)
+        self.enhance(sample[:64, :96].copy(), "paper")
+        seconds["forward"] = time.perf_counter() - start
+        if (
+            self.device.type == "cpu"
+            and self.options.compile_apply != "off"
+            and not self._apply_compile_failed
+            and _have_compiler()
+        ):
+            start = time.perf_counter()
+            if self._apply_kernel is None:
+                self._apply_kernel = StripKernel(compiled=True)
+            coeffs = torch.zeros((12, 64, 150))
+            coeffs[[0, 5, 10]] = 1.0
+            try:  # in inference mode like enhance(): the compiled kernel is specialised on it
+                with torch.inference_mode():
+                    apply_affine(PixelSource(sample), coeffs, self.device, 70_000, self._apply_kernel, self.pool)
+            except Exception as exc:
+                log.warning("compiled apply kernel unavailable (%s: %s); using the eager one", type(exc).__name__, exc)
+                self._apply_compile_failed = True
+            seconds["compile_apply"] = time.perf_counter() - start
+        return seconds
 
     def __repr__(self) -> str:
         name = f"{self.info.name}@{self.info.version}" if self.info else type(self.net).__name__
         return f"Enhancer({name}, device={self.device}, working={self.working}, batch={self.options.batch_size})"
 
     # ------------------------------------------------------------------ input kinds
-    def _job(self, image: Any) -> _Job:
+    def _job(self, image: Any) -> Job:
         if isinstance(image, (str, os.PathLike)):
             from dpe_core.io import read_photo  # lazy: the core path does not need the photo IO stack
 
             image = read_photo(os.fspath(image))
         if hasattr(image, "pixels") and hasattr(image, "with_pixels"):
             photo = image
-            return _Job(PixelSource(np.asarray(photo.pixels)), lambda out: photo.with_pixels(out))
+            return Job(PixelSource(np.asarray(photo.pixels)), lambda out: photo.with_pixels(out))
         if isinstance(image, torch.Tensor):
-            return _tensor_job(image)
+            return tensor_job(image)
         try:
             from PIL import Image
         except ImportError:  # pragma: no cover
             Image = None
         if Image is not None and isinstance(image, Image.Image):
-            return _pil_job(image)
+            return pil_job(image)
         if isinstance(image, np.ndarray):
-            return _array_job(image)
+            return array_job(image)
         raise TypeError(
             f"cannot enhance {type(image).__name__}: expected a numpy array, PIL image, tensor, Photo, or a path/URL"
         )
@@ -416,112 +473,12 @@ class _Clock:
         self.last = now
 
 
-def _checked_compile(owner: Enhancer) -> Callable:
-    """The compiled strip kernel, falling back to the eager one (same numbers) if compilation fails."""
-    compiled = StripKernel(compiled=True)
-
-    def run(*args):
-        if not owner._apply_compile_failed:
-            try:
-                return compiled(*args)
-            except Exception as exc:  # no working compiler, inductor limitation...: eager computes the same
-                log.warning("compiled apply kernel unavailable (%s: %s); using the eager one", type(exc).__name__, exc)
-                owner._apply_compile_failed = True
-        return EAGER(*args)
-
-    return run
-
-
-def _to_storage(values: torch.Tensor, like: PixelSource) -> Any:
-    """[3,h,w] float in [0,1] (unclipped) -> the source's storage at that size (numpy HxWx3 / tensor [3,h,w])."""
-    v = values.float().clamp(0, 1)
-    if isinstance(like.data, torch.Tensor):
-        return v.to(like.data.device)
-    hwc = v.permute(1, 2, 0)
-    if like.is_integer:
-        top = like.max_value
-        ints = (hwc * top + 0.5).floor_().clamp_(0, top).to(torch.int32).cpu().numpy()
-        return ints.astype(like.data.dtype)
-    return hwc.cpu().numpy().astype(np.float32)
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601 luma of HxWx3, same dtype as given (rounded for integers)."""
-    y = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    if np.issubdtype(rgb.dtype, np.integer):
-        return np.clip(np.rint(y), 0, np.iinfo(rgb.dtype).max).astype(rgb.dtype)
-    return y.astype(rgb.dtype)
-
-
-def _reattach_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    if alpha.shape[:2] != rgb.shape[:2]:
-        alpha = resize_plane(alpha, rgb.shape[:2])
-    return np.concatenate([rgb, alpha[:, :, None].astype(rgb.dtype, copy=False)], axis=2)
-
-
-def _array_job(array: np.ndarray) -> _Job:
-    """numpy HxW / HxWx3 / HxWx4 (uint8, uint16, float32, float64)."""
-    if array.ndim == 2:
-        gray = array
-        return _Job(PixelSource(np.repeat(gray[:, :, None], 3, axis=2)), lambda out: _luma(out).astype(gray.dtype))
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 array, got shape {array.shape}")
-    if array.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-        raise ValueError(f"pixels must be uint8, uint16, float32 or float64, got {array.dtype}")
-    dtype = array.dtype
-    if array.shape[2] == 4:
-        alpha = array[:, :, 3].copy()
-        rgb = np.ascontiguousarray(array[:, :, :3])
-        return _Job(PixelSource(rgb), lambda out: _reattach_alpha(out.astype(dtype, copy=False), alpha))
-    return _Job(PixelSource(array), lambda out: out.astype(dtype, copy=False))
-
-
-def _pil_job(image: Any) -> _Job:
-    """PIL image: RGB(A), L(A), 16-bit gray (I;16) keep their mode; other modes come back as RGB(A)."""
-    from PIL import Image
-
-    info = dict(image.info)
-    mode = image.mode
-
-    def wrap(array: np.ndarray, out_mode: str) -> Image.Image:
-        out = Image.fromarray(array, out_mode) if out_mode != "I;16" else Image.fromarray(array)
-        out.info.update(info)
-        return out
-
-    if mode in ("RGB", "RGBA"):
-        job = _array_job(np.asarray(image))
-        return _Job(job.src, lambda out: wrap(job.finish(out), mode))
-    if mode in ("L", "LA"):
-        array = np.asarray(image)
-        gray = array if mode == "L" else array[:, :, 0]
-        alpha = None if mode == "L" else array[:, :, 1].copy()
-
-        def finish_gray(out: np.ndarray) -> Image.Image:
-            y = _luma(out)
-            if alpha is None:
-                return wrap(y, "L")
-            a = alpha if alpha.shape == y.shape else resize_plane(alpha, y.shape)
-            return wrap(np.stack([y, a], axis=2), "LA")
-
-        return _Job(PixelSource(np.repeat(gray[:, :, None], 3, axis=2)), finish_gray)
-    if mode.startswith("I;16"):
-        gray = np.asarray(image).astype(np.uint16)
-        return _Job(PixelSource(np.repeat(gray[:, :, None], 3, axis=2)), lambda out: wrap(_luma(out), "I;16"))
-    has_alpha = "A" in mode or "transparency" in info
-    target = "RGBA" if has_alpha else "RGB"
-    info.pop("transparency", None)
-    job = _array_job(np.asarray(image.convert(target)))
-    return _Job(job.src, lambda out: wrap(job.finish(out), target))
-
-
-def _tensor_job(tensor: torch.Tensor) -> _Job:
-    """torch [3,H,W] float in [0,1] (any device) -> [3,H,W] float32 on the same device."""
-    if tensor.ndim != 3 or tensor.shape[0] != 3:
-        raise ValueError(f"expected a [3,H,W] or [B,3,H,W] tensor, got {tuple(tensor.shape)}")
-    if not tensor.is_floating_point():
-        raise ValueError(f"tensors must be float in [0,1], got {tensor.dtype}")
-    dtype = tensor.dtype
-    return _Job(PixelSource(tensor.detach()), lambda out: out.to(dtype))
+def _pixel_dtype(src: PixelSource) -> torch.dtype:
+    """The torch dtype of the strips src.read returns (what a compiled kernel is specialised on)."""
+    d = src.data
+    if isinstance(d, torch.Tensor):
+        return d.dtype if d.dtype in (torch.uint8, torch.uint16) else torch.float32
+    return {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}.get(d.dtype, torch.float32)
 
 
 __all__ = ["MODES", "Enhancer", "EnhancerOptions", "Mode", "ModelFileError", "check_strength", "pick_device"]
