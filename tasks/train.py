@@ -51,6 +51,37 @@ def style_distance(result, limit: int = 16) -> dict[str, float]:
             "style_distance_identity": float((stats(sources) - reference).abs().mean())}
 
 
+PLOT_ARTIFACT_EVERY_S = 60.0
+
+
+def publish_plot(name: str, checkpoint_url: str, status: str, storage_options: dict) -> None:
+    """Attach the run's progress.png (written beside the checkpoints by dpe_core) as a markdown artifact with
+    the plot inline (the UI shows the newest version under a fixed key); reporting only, never fatal."""
+    import base64
+
+    from prefect.artifacts import create_markdown_artifact
+
+    from dpe_core.io.storage import join_url, read_bytes
+    from dpe_core.training.progress import PLOT_NAME
+
+    try:
+        png = read_bytes(join_url(checkpoint_url, PLOT_NAME), max_bytes=8 << 20, **storage_options)
+    except Exception:  # not drawn yet (no checkpoint so far)
+        return
+    markdown = (f"# Training {name}\n\n{status}\n\n![progress](data:image/png;base64,"
+                f"{base64.b64encode(png).decode()})\n\nPlot file: `{join_url(checkpoint_url, PLOT_NAME)}`")
+    try:
+        create_markdown_artifact(markdown, key=_artifact_key(name), description=status or f"Training {name}")
+    except Exception:
+        pass
+
+
+def _artifact_key(name: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return f"training-plot-{cleaned or 'model'}"[:100]
+
+
 @task(name="train-model", task_run_name="train-{name}", cache_policy=NO_CACHE)
 def train_model(name: str, config: dict[str, Any], stop_after: int | None = None, export_uri: str | None = None,
                 version: str | None = None, card: dict[str, Any] | None = None,
@@ -65,18 +96,22 @@ def train_model(name: str, config: dict[str, Any], stop_after: int | None = None
         progress_id = create_progress_artifact(progress=0.0, description=f"Training {name}: {cfg.steps} iterations")
     except Exception:  # reporting only
         progress_id = None
-    last = {"t": 0.0}
+    last = {"t": 0.0, "plot": 0.0}
 
     def on_progress(record: dict[str, Any]) -> None:
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
-        logger.info("iteration %s/%d %s", record.get("iteration"), cfg.steps, shown)
+        logger.info("%s", record.get("status") or record)
         now = time.monotonic()
-        if progress_id is not None and (now - last["t"] > 2.0 or record.get("iteration") == cfg.steps):
+        final = record.get("iteration") == cfg.steps
+        if progress_id is not None and (now - last["t"] > 2.0 or final):
             last["t"] = now
             try:
-                update_progress_artifact(progress_id, progress=100.0 * record["iteration"] / cfg.steps)
+                update_progress_artifact(progress_id, progress=100.0 * record["iteration"] / cfg.steps,
+                                         description=f"Training {name}: {record.get('status', '')}")
             except Exception:
                 pass
+        if cfg.checkpoint_url and (now - last["plot"] > PLOT_ARTIFACT_EVERY_S or final):
+            last["plot"] = now
+            publish_plot(name, cfg.checkpoint_url, record.get("status", ""), cfg.data.storage_options)
 
     result = train(cfg, progress=on_progress, stop_after=stop_after)
     finished = result.iteration >= cfg.steps

@@ -154,10 +154,10 @@ class DegradedPairData:
 
     Fresh degradation parameters every draw (seeded by (seed, step)) so the model cannot memorise them.
     clean_share of the draws are undamaged (input = target). target_jitter > 0 first moves each draw's photo by a
-    mild family-A draw of that strength (the target varies between draws of one photo). With crop_scale low < 1, each draw takes a random
-    crop covering low..1 of the cached photo's sides (aspect kept within 3:4..4:3 of the photo's own) and
-    resizes it to the training size, except whole_share of the draws, which use the whole photo: crops at
-    several scales multiply what a few dozen photos can teach, whole photos are what inference sees.
+    mild family-A draw of that strength (the target varies between draws of one photo). With crop_scale low < 1,
+    each draw takes a random crop covering low..1 of the cached photo's sides (aspect kept within 3:4..4:3 of the
+    photo's own) and resizes it to the training size, except whole_share of the draws, which use the whole photo:
+    crops at several scales multiply what a few dozen photos can teach, whole photos are what inference sees.
     """
 
     def __init__(self, photos: PhotoSet, augment: bool = True, strength: float = 1.0, clean_share: float = 0.0,

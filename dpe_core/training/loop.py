@@ -22,6 +22,7 @@ from dpe_core.quality.metrics import psnr
 from dpe_core.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dpe_core.training.config import TrainConfig
 from dpe_core.training.data import DegradedPairData, PairedData, PhotoSet, UnpairedData, list_images
+from dpe_core.training.progress import StatusLine, append_history, write_plot
 from dpe_core.training.steps import GANStep, build_step
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,8 @@ def train(
     last_checkpoint = resumed_from
     metrics: dict[str, float] = {}
     history: list[dict[str, Any]] = []
+    unsaved: list[dict[str, Any]] = []  # records not yet appended to the checkpoint folder's history.jsonl
+    status = StatusLine(config.steps, step.iteration)
     done_here = 0
     while step.iteration < config.steps and (stop_after is None or done_here < stop_after):
         step.set_lr(config.lr_at(step.iteration))
@@ -212,17 +215,33 @@ def train(
         if it % config.log_every == 0 or it == config.steps:
             record = {"iteration": it, "lr": config.lr_at(it - 1), "seconds": time.perf_counter() - started} | metrics
             history.append(record)
-            log.info("iteration %d %s", it, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+            unsaved.append(record)
+            line = status(record)
+            log.info("%s", line)
             if progress:
-                progress(record)
+                progress(record | {"status": line})
         if config.checkpoint_url and (it % config.checkpoint_every == 0 or it == config.steps):
             last_checkpoint = save_checkpoint(
                 step, config.checkpoint_url, extra={"metrics": metrics}, keep=config.keep_checkpoints, **so
             )
+            _save_progress(config, unsaved)
+    if config.checkpoint_url and unsaved:
+        _save_progress(config, unsaved)
     final = metrics | (evaluate(step.enhancer, data.eval_pairs) if data.eval_pairs else {})
     return TrainResult(
         step.iteration, final, last_checkpoint, step, data, time.perf_counter() - started, resumed_from, history
     )
+
+
+def _save_progress(config: TrainConfig, unsaved: list[dict[str, Any]]) -> None:
+    """Append the new records to history.jsonl and redraw progress.png beside the checkpoints; never fatal."""
+    so = config.data.storage_options
+    try:
+        append_history(config.checkpoint_url, unsaved, **so)
+        unsaved.clear()
+        write_plot(config.checkpoint_url, f"{config.mode} training, {config.image_size} px", **so)
+    except Exception as exc:  # progress reporting must not stop a run that is hours in
+        log.warning("could not write the training history/plot under %s: %s", config.checkpoint_url, exc)
 
 
 def export_model(

@@ -137,7 +137,7 @@ def test_a_lease_taken_between_the_renewal_read_and_write_is_reported_as_taken(t
         read_once = holder.store.read
         others = []
 
-        def read_then_lose_it():
+        def read_then_lose_it(read_once=read_once, others=others, holder=holder, dest=dest):
             seen = read_once()
             if not others:  # the first read only: the lease goes to run "c" right after it
                 fs, path = fsspec.core.url_to_fs(holder.url)
