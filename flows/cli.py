@@ -438,8 +438,9 @@ def train(
     raise typer.Exit(EXIT_OK)
 
 
-# models, quality and server live in flows/cli_tools.py (registered on this app when it is imported).
-from flows import cli_tools  # noqa: E402,F401
+# models, quality and server live in flows/cli_tools.py, deploy and run (operating deployments on a Prefect server)
+# in flows/cli_ops.py (registered on this app when they are imported).
+from flows import cli_ops, cli_tools  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console script convenience
