@@ -86,7 +86,9 @@ def summary_markdown(title: str, summary: dict[str, Any], failures: list[dict[st
             lines.append(f"- **{label}:** `{summary[key]}`")
     lines += ["", f"**{counts.get('ok', 0)}** ok, **{counts.get('skipped', 0)}** skipped, "
                   f"**{counts.get('error', 0)}** failed of **{summary['total']}** photos"
-                  + (f" — {summary['photos_per_s']} photos/s" if summary.get("photos_per_s") else ""), ""]
+                  + (f" — {summary['photos_per_s']} photos/s" if summary.get("photos_per_s") else "")
+                  + (f", first output after {summary['first_output_s']} s" if summary.get("first_output_s") else ""),
+              ""]
     if failures:
         lines += ["## Failures", "", "| photo | reason |", "|---|---|"]
         for record in failures[:MAX_FAILURES_LISTED]:

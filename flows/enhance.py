@@ -234,7 +234,7 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
 def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
     """enhance_archive's work, while this run holds the destination's lock."""
     logger = get_run_logger()
-    t_start = time.perf_counter()
+    t_start, wall_start = time.perf_counter(), time.time()
     registry = params.registry_url or default_registry()
     model = resolve_model(params.model, registry)
     listing: Listing = list_inputs(params.source_url, params.include, params.exclude, list(params.formats),
@@ -299,6 +299,7 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
     busy = sum(r.busy_s for r in results)
     gaps = dispatch_gaps(results)
     workers = cluster_info.workers if cluster_info else 0
+    firsts = [r.first_output for r in results if r.first_output is not None]
     summary: dict[str, Any] = {
         "run_id": run_id, "source_url": params.source_url, "dest_url": params.dest_url, "model": model.id,
         "model_uri": model.uri, "mode": params.mode, "strength": params.strength, "settings": settings,
@@ -306,6 +307,8 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
         "shards": len(shards), "workers": workers, "cluster": cluster_info.kind if cluster_info else None,
         "cluster_start_s": round(cluster_info.start_s, 2) if cluster_info else None,
         "phase_s": round(phase_s, 2),
+        # What a user waits for before the first enhanced photo exists (start-up and model warm-up included).
+        "first_output_s": round(min(firsts) - wall_start, 2) if firsts else None,
         "photos_per_s": round(enhanced / phase_s, 3) if phase_s and enhanced else None,
         "task_busy_s": round(busy, 2),
         "overhead_per_shard_s": round(sum(gaps) / len(gaps), 3) if gaps else None,
@@ -341,6 +344,8 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
     by_policy = summary["not_read"]["skipped"]
     skipped = f"{counts['skipped']} skipped" + (f" ({by_policy} not read: link policy)" if by_policy else "")
     message = f"{counts['ok']} enhanced, {skipped}, {counts['error']} failed of {total} photos"
+    if summary["first_output_s"] is not None:
+        message += f"; first output after {summary['first_output_s']} s"
     logger.info("%s; report %s", message, summary["report_url"])
     return final_state("enhance", {"ok": counts["ok"], "failed": counts["error"], "skipped": counts["skipped"],
                                    "total": total}, message, summary, dest_url=params.dest_url,

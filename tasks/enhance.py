@@ -90,6 +90,7 @@ class ShardResult(BaseModel):
     attempt: int = 1  # > 1: Dask ran this shard again after its worker died; it resumed from its records
     resumed: int = 0  # photos recorded by an earlier attempt, not redone
     peak_inflight_mb: float = 0.0  # most bytes of photos in flight at once (read ahead + in the model + behind)
+    first_output: float | None = None  # time.time() when this shard's first enhanced photo was recorded
 
     @property
     def counts(self) -> dict[str, int]:
@@ -228,6 +229,7 @@ class ShardLedger:
         self.resumed = 0
         self._last_checkpoint = time.perf_counter()
         self._marker: dict[str, Any] = {}
+        self.first_output: float | None = None
 
     @property
     def careful(self) -> bool:
@@ -243,6 +245,8 @@ class ShardLedger:
         record["timings"] = {k: round(v, 4) for k, v in timings.items()}
         record["seconds"] = round(time.perf_counter() - t_item, 4)
         record["finished"] = now_iso()
+        if self.first_output is None and record.get("status") == "ok":
+            self.first_output = time.time()
         self.records.append(record)
         self.checkpoint(force=self.careful)
 
@@ -474,7 +478,7 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
     return ShardResult(index=shard.index, records=ledger.records, started=started, finished=time.time(),
                        busy_s=time.perf_counter() - t_start, model_wait_s=model_wait, worker=worker,
                        previews=previews, attempt=ledger.attempt, resumed=ledger.resumed,
-                       peak_inflight_mb=round(peak / 2**20, 1))
+                       peak_inflight_mb=round(peak / 2**20, 1), first_output=ledger.first_output)
 
 
 def release_free_memory() -> None:

@@ -45,8 +45,25 @@ def set_torch_threads(threads: int | None) -> None:
             torch.set_num_threads(threads)
 
 
+def worker_share() -> int | None:
+    """CPU threads of this Dask worker: its nthreads, capped by the cores the process may use; None outside one.
+
+    Several workers on one machine each declare their share; torch's default (every core) in each would make
+    their threads wait for one another at every parallel region."""
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return None
+    from dpe_core.threads import available_cpus
+
+    return max(1, min(available_cpus(), int(nthreads)))
+
+
 def get_enhancer(model_uri: str, device: str = "auto", threads: int | None = None):
     """The process's Enhancer for (model_uri, device); loaded on first use, then reused by every task."""
+    threads = threads or worker_share()
     set_torch_threads(threads)
     key = (model_uri, resolve_device(device))
     with _GUARD:
@@ -56,7 +73,7 @@ def get_enhancer(model_uri: str, device: str = "auto", threads: int | None = Non
             from dpe_core.inference import Enhancer
 
             log.info("loading model %s on %s (pid %d)", model_uri, key[1], os.getpid())
-            _MODELS[key] = Enhancer.from_pretrained(model_uri, device=key[1])
+            _MODELS[key] = Enhancer.from_pretrained(model_uri, device=key[1], threads=threads)
         return _MODELS[key]
 
 
@@ -65,7 +82,8 @@ def loaded_models() -> list[tuple[str, str]]:
 
 
 class EnhancerWarmup(WorkerPlugin):
-    """Worker plugin: set torch threads and load the model in a background thread when a worker starts.
+    """Worker plugin: set torch threads, load the model and warm it up (Enhancer.warm_up: first forward, compiled
+    apply kernel) in a background thread when a worker starts.
 
     Registered per run with a name derived from the model and device, so a long-lived cluster serving several
     runs keeps one plugin (and one loaded model) per model. Errors are logged, not raised: the shard task
@@ -93,7 +111,10 @@ class EnhancerWarmup(WorkerPlugin):
                 from tasks.storage_options import use_storage_block
 
                 use_storage_block(self.storage_block)
-                get_enhancer(self.model_uri, self.device, self.threads)
+                enhancer = get_enhancer(self.model_uri, self.device, self.threads)
+                # First forward and, on CPU, the fused apply kernel's compilation (10-40 s cold, less from
+                # inductor's disk cache): here, before the flow submits shards, not on a user's photo.
+                status["warm_up"] = enhancer.warm_up()
             except Exception as exc:  # the shard task reports it per file
                 log.exception("warm-up of model %s failed", self.model_uri)
                 status["error"] = f"{type(exc).__name__}: {exc}"

@@ -53,6 +53,7 @@ def test_enhance_local_folder_then_rerun_does_no_work(dask_address, model_ref, t
     assert summary["counts"] == {"ok": len(ARCHIVE), "skipped": 0, "error": 0}
     assert "0 failed" in state.message
     assert summary["shards"] == 3 and summary["workers"] == 2
+    assert 0 < summary["first_output_s"] <= summary["total_s"]
 
     assert image_files(dst) == sorted(ARCHIVE)
     report = latest_report(dst)
@@ -81,6 +82,7 @@ def test_enhance_local_folder_then_rerun_does_no_work(dask_address, model_ref, t
     summary = again.result()
     assert summary["counts"] == {"ok": 0, "skipped": len(ARCHIVE), "error": 0}
     assert summary["shards"] == 0 and summary["cluster"] is None  # no enhancement work, not even a cluster
+    assert summary["first_output_s"] is None
     assert {p: (dst / p).stat().st_mtime_ns for p in image_files(dst)} == mtimes
     assert sorted(r["input"] for r in latest_report(dst)) == sorted(ARCHIVE)
 

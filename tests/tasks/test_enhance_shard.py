@@ -41,6 +41,7 @@ def test_shard_writes_outputs_and_one_record_per_file_even_when_files_fail(tmp_p
         assert record["shard"] == 7 and record["model"] == "m" and record["settings"] == "s"
     assert result.counts == {"ok": len(files) - len(CORRUPT), "error": len(CORRUPT)}
     assert len(result.previews) == 2 and result.previews[0]["before"] and result.previews[0]["after"]
+    assert result.started <= result.first_output <= result.finished  # the run's "time to first output"
     # The shard's records are on storage as soon as it ends (the source of truth if the flow dies).
     saved = read_jsonl(str(dest / ".dpe" / "records" / "run" / "shard-00007.jsonl"))
     assert sorted(r["input"] for r in saved) == sorted(files)
