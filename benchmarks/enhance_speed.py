@@ -3,6 +3,7 @@
     python benchmarks/enhance_speed.py                 # default (~5 min on a 2-core CPU)
     python benchmarks/enhance_speed.py --quick         # ~2 min: fewer rounds, 12 MP only, no naive full-size forward
     python benchmarks/enhance_speed.py --compile       # also torch.compile the net (CPU: ~1 min to compile)
+    python benchmarks/enhance_speed.py --under-load    # 12/24 MP full path, idle vs one core busy (~2 min)
 
 Tables:
 1. 512 px: images/s of the Enhancer (folded graph, batched; and end to end through enhance_batch) against a naive
@@ -372,10 +373,16 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the net")
     parser.add_argument("--skip-512", action="store_true")
     parser.add_argument("--timeout", type=float, default=400)
+    parser.add_argument("--under-load", action="store_true", help="idle vs one core busy (enhance_under_load.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.under_load:
+        from benchmarks.enhance_under_load import run
+
+        run(TESTDATA / SOURCE_PHOTO, args.sizes or [12, 24], rounds=args.rounds or 3, threads=args.threads)
         return
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.sizes = args.sizes or ([12] if args.quick else [12, 24])
