@@ -196,6 +196,15 @@ def test_worker_runs_a_deployment_with_a_corrupt_photo_completed_with_failures(d
         run = client.read_flow_run(result["id"])
     assert run.state.type.value == "COMPLETED" and run.state.name == "Completed with failures"
 
+    from tests.system.test_enhance import flow_run_artifacts
+
+    artifacts = {a.type: a for a in flow_run_artifacts(result["id"])}
+    in_words = f"{len(good)} ok, 1 failed, 0 skipped of {len(good) + 1} photos"
+    assert in_words in artifacts["table"].description and in_words in artifacts["markdown"].description
+    table = artifacts["table"].data if isinstance(artifacts["table"].data, str) else json.dumps(
+        artifacts["table"].data)
+    assert "n/a" in table and "null" not in table and "None" not in table  # e.g. no gap between shards of a worker
+
     names = {e.event: e for e in events.events if str(e.resource.id) == f"prefect.flow-run.{result['id']}"}
     assert "prefect.flow-run.Completed with failures" in names  # the server's own state event
     ours = names["dpe.enhance.completed-with-failures"]

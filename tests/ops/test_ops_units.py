@@ -79,3 +79,13 @@ def test_deploy_check_validates_without_a_server(tmp_path):
     assert "Invalid cron string" in bad.stderr
     assert "train-style: entrypoint flows.train:no_such_flow" in bad.stderr
     assert "ingest: entrypoint 'flows/ingest.py:ingest_dataset' must be package.module:flow" in bad.stderr
+
+
+def test_run_and_deploy_need_a_lasting_server(tmp_path):
+    """No PREFECT_API_URL, no profile URL, no `dpe server`: exit 2 with what to do (no temporary server is started,
+    deployments would vanish with it)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / "p"),
+           "DPE_HOME": str(tmp_path / "dpe")}
+    for args in (["run", "enhance-adhoc", "-p", "params.strength=0.5"], ["deploy"]):
+        done = subprocess.run(dpe_command(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "no Prefect API configured" in done.stderr, done.stderr
