@@ -162,6 +162,10 @@ def test_worker_runs_a_deployment_with_a_corrupt_photo_completed_with_failures(d
                          "--param", f"params.dask_address={dask_address}", "--param", "params.storage_block=null",
                          "--param", "params.mode=paper", "--param", "params.shard_size=2"], ops_env)
             elapsed = time.perf_counter() - started
+            # A destination inside the source passes the schema but not the flow's own validation on the worker:
+            # the remote run fails and --watch exits 2 (bad usage), as `dpe enhance` would.
+            refused = _dpe(["run", "enhance-archive/nightly-enhance", "--watch", "--poll", "1", "--no-logs",
+                            "--param", "params.dest_url=s3://photo-archive/uploads/enhanced"], ops_env)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and len({e.event for e in events.events}) < 2:
                 time.sleep(0.5)
@@ -177,6 +181,8 @@ def test_worker_runs_a_deployment_with_a_corrupt_photo_completed_with_failures(d
     assert done.returncode == 1, f"{done.stderr[-4000:]}\nworker:\n{worker_log[-3000:]}"
     result = json.loads(done.stdout)
     assert result["state"] == "Completed with failures"
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "state: Failed" in refused.stderr
     assert f"{len(good)} enhanced" in result["message"] and "1 failed" in result["message"], done.stderr[-5000:]
     print(f"deployment run through a process worker: {elapsed:.1f} s from `dpe run` to the final state")
 
