@@ -127,6 +127,14 @@ def api_client() -> Iterator[Any]:
         yield client
 
 
+def _open_client(stack: contextlib.ExitStack) -> Any:
+    """api_client() entered on stack; no configured API exits 2."""
+    try:
+        return stack.enter_context(api_client())
+    except UsageError as exc:
+        raise _usage(str(exc)) from None
+
+
 # ------------------------------------------------------------------------------------------------ prefect file
 
 
@@ -360,13 +368,8 @@ def deploy(
     if check:
         console.print(f"{path}: {len(data['deployments'])} deployments valid (work pool {pool}); automations valid")
         raise typer.Exit(EXIT_OK)
-    try:
-        client_context = api_client()
-        client = client_context.__enter__()
-    except UsageError as exc:
-        raise _usage(str(exc)) from None
     with contextlib.ExitStack() as stack:
-        stack.push(client_context)
+        client = _open_client(stack)
         try:
             work_pool, pool_change = ensure_work_pool(client, pool, concurrency_limit)
         except UsageError as exc:
@@ -528,14 +531,12 @@ def run_command(
     """Start a run of a deployment with its default parameters deep-merged with --param overrides."""
     try:
         overrides = overrides_from(param)
-        client_context = api_client()
-        client = client_context.__enter__()
     except UsageError as exc:
         raise _usage(str(exc)) from None
     from prefect.exceptions import PrefectHTTPStatusError
 
     with contextlib.ExitStack() as stack:
-        stack.push(client_context)
+        client = _open_client(stack)
         try:
             found = find_deployment(client, deployment)
         except UsageError as exc:
