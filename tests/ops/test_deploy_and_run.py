@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -237,7 +236,24 @@ def test_alerts_automation_is_applied_with_a_notification_block(deployed, ops_en
     assert missing.returncode == 2 and "no custom-webhook block named nope" in missing.stderr
 
 
-def test_prefect_file_header_commands_are_the_ones_tested():
+def test_prefect_file_header_commands_work_as_written(prefect_server, ops_env):
+    """The Prefect commands in deploy/prefect.yaml's header, run as written (from the repository root) against the
+    session's server, make the pool with its limit and every deployment; the dpe commands there exist."""
+    import shlex
+
     header = (REPO / "deploy" / "prefect.yaml").read_text().split("\nname:")[0]
-    assert "dpe deploy" in header and "DPE_CHECKOUT" in header and "prefect worker start --pool dpe" in header
-    assert Path(REPO / "docs" / "operations.md").is_file()
+    assert "dpe deploy" in header and "DPE_CHECKOUT=$PWD prefect worker start --pool dpe" in header
+    commands = [line.lstrip("#").strip() for line in header.splitlines() if line.lstrip("#").strip().startswith(
+        "prefect work-pool") or line.lstrip("#").strip().startswith("prefect --no-prompt deploy")]
+    assert len(commands) == 3, commands
+    for command in commands:
+        args = shlex.split(command)
+        done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=ops_env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    with _client() as client:
+        assert client.read_work_pool("dpe").concurrency_limit == 4
+        for name in ("nightly-enhance", "enhance-adhoc"):
+            assert client.read_deployment_by_name(f"enhance-archive/{name}").work_pool_name == "dpe"
+        assert client.read_deployment_by_name("train-style/train-style").work_pool_name == "dpe"
+    assert (REPO / "docs" / "operations.md").is_file()
