@@ -1,0 +1,143 @@
+"""A measurable style benchmark from real photos: does a model learn a known look it was never shown in pairs?
+
+A known look L (``dpe_core.quality.looks``) and three disjoint sets of real photos:
+- S, source photos (what a user wants enhanced);
+- R, photos that become the references: L(r), the look a user shows;
+- T, held-out test photos, never read in training: a model G is scored by how close G(t) comes to L(t)
+  (PSNR, CIEDE2000), beside the identity (t against L(t)).
+An unpaired two-way model trains on S -> L(R) and never sees a pair; a supervised model trained on the pairs
+(s, L(s)) with the same budget is the paired upper bound.
+
+For a real style without ground truth (references that are just other photos), ``colour_statistics`` and
+``lab_histogram_distance`` say how far outputs moved towards the references.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dpe_core.quality.looks import LOOKS
+from dpe_core.quality.metrics import ciede2000
+
+Method = Callable[[np.ndarray], np.ndarray]  # HxWx3 float32 [0,1] -> same
+
+
+@dataclass(frozen=True)
+class StyleSplit:
+    """Disjoint file-name lists: S (sources), R (become references), T (held-out test)."""
+
+    source: list[str]
+    reference: list[str]
+    test: list[str]
+
+
+def split_style_photos(names: Sequence[str], test: int, seed: int = 2010) -> StyleSplit:
+    """Seeded split of sorted names: `test` names for T, the rest alternately to S and R (S gets the odd one)."""
+    ordered = sorted(set(names))
+    if test < 1 or len(ordered) < test + 2:
+        raise ValueError(f"need at least {test + 2} photos for {test} test photos and non-empty S and R, "
+                         f"got {len(ordered)}")
+    random.Random(seed).shuffle(ordered)
+    held, rest = ordered[:test], ordered[test:]
+    return StyleSplit(source=sorted(rest[0::2]), reference=sorted(rest[1::2]), test=sorted(held))
+
+
+def _load(path: Path, long_side: int) -> Image.Image:
+    from dpe_core.io import read_photo
+
+    pixels = read_photo(str(path)).pixels
+    if pixels.dtype == np.uint16:
+        pixels = (pixels / 257.0 + 0.5).astype(np.uint8)
+    if pixels.ndim == 2 or pixels.shape[2] == 1:
+        pixels = np.repeat(pixels.reshape(pixels.shape[0], pixels.shape[1], 1), 3, axis=2)
+    image = Image.fromarray(np.ascontiguousarray(pixels[..., :3]))
+    if max(image.size) > long_side:
+        scale = long_side / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.LANCZOS)
+    return image
+
+
+def prepare_style_sets(photo_dir: str | Path, work_dir: str | Path, look: str, split: StyleSplit,
+                       long_side: int = 256) -> dict[str, Path]:
+    """Write the benchmark's folders (PNG, long side <= long_side) and return them by role:
+    source (S as is), reference (L(R)), pair_input / pair_target (S and L(S): the supervised bound's pairs),
+    test / test_target (T and L(T))."""
+    if look not in LOOKS:
+        raise ValueError(f"unknown look {look!r}; known: {', '.join(LOOKS)}")
+    apply = LOOKS[look]
+    photo_dir, work = Path(photo_dir), Path(work_dir)
+    folders = {role: work / role for role in ("source", "reference", "pair_input", "pair_target", "test",
+                                                "test_target")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    plan = [(split.source, ("source", "pair_input"), ("pair_target",)), (split.reference, (), ("reference",)),
+            (split.test, ("test",), ("test_target",))]
+    for names, plain_roles, look_roles in plan:
+        for name in names:
+            image = _load(photo_dir / name, long_side)
+            stem = Path(name).stem + ".png"
+            for role in plain_roles:
+                image.save(folders[role] / stem)
+            if look_roles:
+                looked = apply(image)
+                for role in look_roles:
+                    looked.save(folders[role] / stem)
+    return folders
+
+
+def load_pairs(inputs: Path, targets: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, input HxWx3 float32, target HxWx3 float32) for the same-named PNGs of two folders, sorted."""
+    out = []
+    for path in sorted(inputs.glob("*.png")):
+        a = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+        b = np.asarray(Image.open(targets / path.name).convert("RGB"), dtype=np.float32) / 255.0
+        out.append((path.name, a, b))
+    return out
+
+
+def score_against_look(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], method: Method) -> dict[str, float]:
+    """Mean PSNR (dB) and CIEDE2000 of method(t) against L(t) over the test pairs (t, L(t))."""
+    psnrs, des = [], []
+    for _, t, target in pairs:
+        out = np.clip(method(t), 0, 1).astype(np.float32)
+        mse = float(np.mean((out - target) ** 2))
+        psnrs.append(100.0 if mse <= 1e-10 else -10 * np.log10(mse))
+        des.append(ciede2000(out, target))
+    return {"psnr": float(np.mean(psnrs)), "ciede2000": float(np.mean(des))}
+
+
+def colour_statistics(images: Sequence[np.ndarray]) -> dict[str, float]:
+    """Mean over images of: L* mean and spread (std), a* and b* means and spreads, saturation (mean chroma
+    C*ab) and contrast (L* 95th - 5th percentile). Images HxWx3 float in [0,1] (sRGB)."""
+    from skimage.color import rgb2lab
+
+    rows = []
+    for image in images:
+        lab = rgb2lab(np.clip(image, 0, 1))
+        lum, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+        p5, p95 = np.percentile(lum, [5, 95])
+        rows.append([lum.mean(), lum.std(), a.mean(), a.std(), b.mean(), b.std(), np.hypot(a, b).mean(), p95 - p5])
+    keys = ("L_mean", "L_spread", "a_mean", "a_spread", "b_mean", "b_spread", "saturation", "contrast")
+    return dict(zip(keys, np.mean(np.array(rows), axis=0).tolist(), strict=True))
+
+
+def lab_histogram(images: Sequence[np.ndarray], bins: int = 16) -> np.ndarray:
+    """Normalised joint L*a*b* histogram [bins,bins,bins] of all pixels of the images (L 0..100, a/b -100..100)."""
+    from skimage.color import rgb2lab
+
+    pixels = np.concatenate([rgb2lab(np.clip(im, 0, 1)).reshape(-1, 3) for im in images])
+    hist, _ = np.histogramdd(pixels, bins=bins, range=((0, 100), (-100, 100), (-100, 100)))
+    return hist / max(1.0, hist.sum())
+
+
+def lab_histogram_distance(a: Sequence[np.ndarray], b: Sequence[np.ndarray], bins: int = 16) -> float:
+    """Hellinger distance in [0,1] between the joint Lab histograms of two image sets (0: identical colours)."""
+    ha, hb = lab_histogram(a, bins), lab_histogram(b, bins)
+    return float(np.sqrt(max(0.0, 1.0 - np.sum(np.sqrt(ha * hb)))))

@@ -1,0 +1,66 @@
+"""The style benchmark: disjoint S/R/T splits of real photos, a known look as the answer, colour statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dpe_core.quality.looks import LOOKS
+from dpe_core.quality.style import (
+    colour_statistics,
+    lab_histogram_distance,
+    load_pairs,
+    prepare_style_sets,
+    score_against_look,
+    split_style_photos,
+)
+
+
+def test_split_is_disjoint_seeded_and_refuses_too_few_photos():
+    names = [f"p{i:02d}.jpg" for i in range(20)]
+    split = split_style_photos(names, test=6)
+    groups = [set(split.source), set(split.reference), set(split.test)]
+    assert sum(map(len, groups)) == 20 and set.union(*groups) == set(names)
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert len(split.test) == 6 and abs(len(split.source) - len(split.reference)) <= 1
+    assert split_style_photos(list(reversed(names)), test=6) == split  # a function of the names and the seed
+    assert split_style_photos(names, test=6, seed=1) != split
+    with pytest.raises(ValueError, match="at least 8"):
+        split_style_photos(names[:7], test=6)
+
+
+def test_prepared_sets_carry_the_look_only_where_the_benchmark_says(testdata, tmp_path):
+    names = sorted(p.name for p in (testdata / "natural").glob("kpa_*.jpg"))[:7]
+    split = split_style_photos(names, test=2)
+    folders = prepare_style_sets(testdata / "natural", tmp_path, "warm-contrast", split, long_side=64)
+    stems = {role: sorted(p.stem for p in folder.glob("*.png")) for role, folder in folders.items()}
+    assert stems["source"] == stems["pair_input"] == stems["pair_target"] == sorted(n[:-4] for n in split.source)
+    assert stems["reference"] == sorted(n[:-4] for n in split.reference)
+    assert stems["test"] == stems["test_target"] == sorted(n[:-4] for n in split.test)
+    pairs = load_pairs(folders["test"], folders["test_target"])
+    name, t, target = pairs[0]
+    assert max(t.shape[:2]) == 64
+    expected = np.asarray(LOOKS["warm-contrast"](Image.open(folders["test"] / name)), dtype=np.float32) / 255
+    assert np.abs(target - expected).max() < 1e-6  # the target is exactly L(t)
+
+    identity = score_against_look(pairs, lambda image: image)
+    perfect = score_against_look(pairs, lambda image: np.asarray(
+        LOOKS["warm-contrast"](Image.fromarray((image * 255 + 0.5).astype(np.uint8))), dtype=np.float32) / 255)
+    assert perfect["psnr"] > 60 and perfect["ciede2000"] < 0.5
+    assert identity["psnr"] < 35 and identity["ciede2000"] > 1.0  # the look is a real change
+
+
+def test_colour_statistics_see_a_warm_look_and_the_histogram_distance_orders_sets(testdata):
+    from dpe_core.quality.report import load_photos
+
+    names = sorted(p.name for p in (testdata / "natural").glob("kpa_*.jpg"))[:6]
+    photos = [image for _, image in load_photos(testdata / "natural", names, max_side=64)]
+    warm = [np.asarray(LOOKS["warm-contrast"](Image.fromarray((p * 255 + 0.5).astype(np.uint8))),
+                       dtype=np.float32) / 255 for p in photos]
+    before, after = colour_statistics(photos), colour_statistics(warm)
+    assert after["b_mean"] > before["b_mean"] + 1  # warmer: towards yellow
+    assert after["contrast"] > before["contrast"] and after["saturation"] > before["saturation"]
+    assert lab_histogram_distance(photos, photos) == pytest.approx(0.0, abs=1e-6)
+    half_warm = photos[:3] + warm[3:]
+    assert 0 < lab_histogram_distance(photos, half_warm) < lab_histogram_distance(photos, warm) <= 1
