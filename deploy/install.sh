@@ -30,7 +30,7 @@ pip_install() {
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   pip_install torch==2.13.0
 fi
-if ! .venv/bin/python -c "import dpe_core, flows, prefect, dask, distributed, s3fs, moto, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import dpe_core, flows, prefect, dask, distributed, s3fs, moto, pytest, matplotlib" 2>/dev/null; then
   pip_install -e '.[dev]'
 fi
 .venv/bin/python -c "import torch, prefect, dask, distributed, s3fs, PIL, pillow_heif, safetensors, exifread, moto"
