@@ -62,6 +62,8 @@ class TrainConfig(BaseModel):
     critic_steps_per_generator_step: int = Field(50, ge=1, description="Release: 50 critic steps per G step.")
     identity_weight: float = Field(1e3, description="Weight of MSE(G(x), x): output stays close to its input.")
     cycle_weight: float = Field(1e4, description="Weight of the cycle MSE (two-way).")
+    individual_bn: bool = Field(True, description="two-way: generated inputs of the cycle pass use their own BN "
+                                "set (the paper's iBN); False: one shared set (the ablation).")
     content_weight: float = Field(1e3, description="one-way: weight of MSE(G(x), paired target).")
     adaptive_lambda: AdaptiveLambdaConfig = Field(default_factory=AdaptiveLambdaConfig)
     augment: bool = True

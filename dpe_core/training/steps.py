@@ -163,8 +163,9 @@ class TwoWayGANStep(GANStep):
         adversarial = generator_adversarial_loss(self.d_y(fake_y)) + generator_adversarial_loss(self.d_x(fake_x))
         identity = masked_mse(fake_y, batch.x, batch.x_mask) + masked_mse(fake_x, batch.y, batch.y_mask)
         # Cycle pass: generated inputs go through iBN set 1; clip because they re-enter as images.
-        cycle_x = self.g_y(fake_y.clamp(0, 1), domain=1)
-        cycle_y = self.g_x(fake_x.clamp(0, 1), domain=1)
+        generated = 1 if c.individual_bn else 0
+        cycle_x = self.g_y(fake_y.clamp(0, 1), domain=generated)
+        cycle_y = self.g_x(fake_x.clamp(0, 1), domain=generated)
         cycle = masked_mse(cycle_x, batch.x, batch.x_mask) + masked_mse(cycle_y, batch.y, batch.y_mask)
         loss = adversarial + c.identity_weight * identity + c.cycle_weight * cycle
         loss.backward()

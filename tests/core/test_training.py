@@ -294,3 +294,15 @@ class _SyntheticPaired(_SyntheticUnpaired):
 def test_build_generator_accepts_dict_config():
     g = build_generator({"base_channels": 8})
     assert g.enc1.conv.out_channels == 8
+
+
+@pytest.mark.parametrize("individual", [True, False])
+def test_shared_bn_ablation_sends_generated_inputs_through_the_real_inputs_bn_set(individual):
+    config = TrainConfig(mode="two-way", steps=3, individual_bn=individual, **TINY_GAN)
+    step = build_step(config)
+    bn = step.g_x.enc1.bn  # first iBN of G_X
+    before = [s.running_mean.clone() for s in bn.sets]
+    for i in range(3):  # the third iteration is a generator step (3 critic steps per generator step)
+        step.step(_SyntheticUnpaired().batch(0, i, 2))
+    moved = [not torch.equal(s.running_mean, b) for s, b in zip(bn.sets, before, strict=True)]
+    assert moved == [True, individual]  # set 1 sees the cycle pass only with iBN

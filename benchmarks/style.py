@@ -1,0 +1,140 @@
+"""Style benchmark: does the unpaired two-way GAN learn a known look it never saw in pairs, and how close does it
+come to a supervised model trained on the pairs with the same budget?
+
+    python benchmarks/style.py --look warm-contrast --work ~/dpe-runs/style      # ~1 h on one CPU core
+    python benchmarks/style.py --look cool-faded --variants unpaired supervised
+    python benchmarks/style.py --variants unpaired wgan-gp-10 shared-bn        # ablations (same budget)
+
+Real photos of the shared natural folder are split (seeded) into S (sources), R (references: L applied) and T
+(held-out test: scored against L(t)); see dpe_core.quality.style. Every variant trains with the same image size,
+batch, iterations and seed, resumes from its checkpoints when run again (a finished run is only re-scored), and
+is exported as a model file that `dpe enhance --model` takes. Scores: PSNR and CIEDE2000 of the model's output
+(Enhancer, mode full) against L(t) over T, beside the identity (t against L(t)). Prints a table with the machine
+line and writes results.json in the work folder.
+
+Variants: ``unpaired`` (two-way GAN, A-WGAN, individual BN: the paper's method), ``supervised`` (the same
+generator on the pairs (s, L(s)): the paired upper bound, same number of generator updates), ``wgan-gp-X``
+(fixed gradient-penalty weight X instead of A-WGAN), ``shared-bn`` (one BN set for real and generated inputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dpe_core.quality.looks import LOOKS  # noqa: E402
+from dpe_core.quality.style import (  # noqa: E402
+    load_pairs,
+    prepare_style_sets,
+    score_against_look,
+    split_style_photos,
+)
+from dpe_core.sysinfo import machine  # noqa: E402
+from dpe_core.training import TrainConfig  # noqa: E402
+from dpe_core.training.loop import export_model, train  # noqa: E402
+from dpe_core.training.progress import read_history  # noqa: E402
+
+TESTDATA = Path(os.environ.get("DPE_TESTDATA", Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"))
+
+
+def model_method(enhancer):
+    """HxWx3 float32 -> the enhancer's full-mode output as float32."""
+    return lambda image: np.asarray(enhancer.enhance(image, mode="full"), dtype=np.float32)
+
+
+def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Path) -> TrainConfig:
+    """The TrainConfig of one variant; all share size, batch, seed and the number of generator updates."""
+    common = {"image_size": args.size, "batch_size": args.batch, "seed": args.seed, "threads": 1,
+              "checkpoint_url": str(checkpoints), "checkpoint_every": max(50, args.iterations // 10),
+              "keep_checkpoints": 2, "log_every": 25, "eval_every": 10**9}
+    generator_updates = args.iterations // args.ratio
+    if variant == "supervised":
+        return TrainConfig(mode="supervised", steps=generator_updates, lr=args.lr,
+                           data={"input_url": str(folders["pair_input"]), "target_url": str(folders["pair_target"])},
+                           **common)
+    gan = {"mode": "two-way", "steps": args.iterations, "lr": args.lr,
+           "critic_steps_per_generator_step": args.ratio,
+           "data": {"source_url": str(folders["source"]), "reference_url": str(folders["reference"])}}
+    if variant == "unpaired":
+        return TrainConfig(**gan, **common)
+    if variant.startswith("wgan-gp-"):
+        fixed = float(variant.removeprefix("wgan-gp-"))
+        # A fixed weight: never grows (upper unreachable), never shrinks (lower 0).
+        return TrainConfig(**gan, adaptive_lambda={"initial": fixed, "upper": 1e30, "lower": 0.0}, **common)
+    if variant == "shared-bn":
+        return TrainConfig(**gan, individual_bn=False, **common)
+    raise SystemExit(f"unknown variant {variant!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--look", default="warm-contrast", choices=sorted(LOOKS))
+    parser.add_argument("--work", type=Path, default=Path.home() / "dpe-runs" / "style")
+    parser.add_argument("--variants", nargs="+", default=["supervised", "unpaired"])
+    parser.add_argument("--test", type=int, default=10, help="held-out test photos (T)")
+    parser.add_argument("--size", type=int, default=64, help="training square (px)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=1500, help="two-way iterations (critic steps)")
+    parser.add_argument("--ratio", type=int, default=5, help="critic steps per generator step (release: 50)")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=2010)
+    parser.add_argument("--long-side", type=int, default=256, help="long side of the prepared photos")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    photos = TESTDATA / "natural"
+    names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    split = split_style_photos(names, test=args.test, seed=args.seed)
+    data_dir = args.work / args.look / "data"
+    prepared = list((data_dir / "test_target").glob("*.png")) if (data_dir / "test_target").is_dir() else []
+    if len(prepared) != len(split.test):
+        prepare_style_sets(photos, data_dir, args.look, split, long_side=args.long_side)
+    folders = {role: data_dir / role for role in ("source", "reference", "pair_input", "pair_target", "test",
+                                                  "test_target")}
+    test_pairs = load_pairs(folders["test"], folders["test_target"])
+
+    from dpe_core.inference import Enhancer
+
+    rows = {"identity (t vs L(t))": score_against_look(test_pairs, lambda image: image) | {"seconds": 0.0}}
+    for variant in args.variants:
+        run_dir = args.work / args.look / variant
+        config = variant_config(variant, folders, args, run_dir / "checkpoints")
+        started = time.perf_counter()
+        result = train(config)
+        trained_s = time.perf_counter() - started
+        history = read_history(str(run_dir / "checkpoints"))
+        elapsed = max([float(h.get("seconds", 0.0)) for h in history] + [trained_s])
+        model_dir = run_dir / "model"
+        export_model(result, str(model_dir), f"look-{args.look}-{variant}", "1", card={
+            "look": args.look, "variant": variant, "source_photos": split.source, "reference_photos":
+            split.reference, "test_photos": split.test, "photos_from": str(photos)})
+        scores = score_against_look(test_pairs, model_method(Enhancer.from_pretrained(str(model_dir))))
+        lambdas = {k: v for k, v in result.metrics.items() if k.startswith("lambda_")}
+        finite = all(np.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
+        rows[variant] = scores | {"seconds": elapsed, "iterations": result.iteration, "stable": finite} | lambdas
+
+    print(f"machine: {machine()}")
+    print(f"look {args.look}: S {len(split.source)}, R {len(split.reference)}, T {len(split.test)} photos "
+          f"(long side {args.long_side}); {args.size} px, batch {args.batch}, {args.iterations} two-way iterations "
+          f"at {args.ratio} critic steps per generator step = {args.iterations // args.ratio} generator updates")
+    print("| model | PSNR vs L(t) dB | CIEDE2000 | train s | final lambda_Y / lambda_X | stable |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        lam = " / ".join(f"{r[k]:.3g}" for k in ("lambda_y", "lambda_x") if k in r) or "-"
+        print(f"| {name} | {r['psnr']:.2f} | {r['ciede2000']:.2f} | {r['seconds']:.0f} | {lam} | "
+              f"{r.get('stable', '-')} |")
+    (args.work / args.look / "results.json").write_text(json.dumps(
+        {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
