@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--long-side", type=int, default=256, help="long side of the prepared photos")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the training status lines
 
     photos = TESTDATA / "natural"
     names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
