@@ -294,6 +294,7 @@ def _print_enhance_summary(summary: dict[str, Any], as_json: bool) -> None:
              ("model", summary["model"]), ("mode", summary["mode"]), ("strength", summary.get("strength", 1.0)),
              ("workers", summary.get("workers")),
              ("photos/s", summary.get("photos_per_s")), ("time", f"{summary.get('total_s')} s"),
+             ("first output", "n/a" if summary.get("first_output_s") is None else f"{summary['first_output_s']} s"),
              ("report", summary.get("report_url"))]
     for key, value in rows:
         table.add_row(key, str(value))

@@ -165,3 +165,18 @@ def test_deployments_point_at_the_flows():
     for deployment in spec["deployments"]:
         flat = json.dumps(deployment).lower()
         assert "secret_access_key" not in flat and "password" not in flat
+
+
+def test_enhance_summary_table_shows_time_to_first_output(monkeypatch):
+    from rich.console import Console
+
+    from flows import cli
+
+    summary = {"total": 3, "counts": {"ok": 2, "error": 1}, "model": "default:3", "mode": "full", "strength": 1.0,
+               "workers": 2, "photos_per_s": 1.5, "total_s": 2.0, "report_url": "/x/.dpe/report.jsonl"}
+    for first, shown in ((0.84, "0.84 s"), (None, "n/a")):
+        recorder = Console(record=True, width=120)
+        monkeypatch.setattr(cli, "console", recorder)
+        cli._print_enhance_summary(summary | {"first_output_s": first}, as_json=False)
+        text = recorder.export_text()
+        assert "first output" in text and shown in text and "None" not in text
