@@ -35,13 +35,7 @@ from dpe_core.training.loop import TrainingData
 TINY_GAN = dict(image_size=64, batch_size=2, critic_steps_per_generator_step=3, lr=1e-3, seed=7, log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Bit-exact comparisons need the same thread count in both runs; one thread is also fastest on a busy box.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_batch(size=64, n=2, seed=0) -> Batch:

@@ -11,13 +11,7 @@ from dpe_core.training import DataConfig, TrainConfig, build_step
 from dpe_core.training.data import Batch, DegradedPairData, PhotoSet
 from dpe_core.training.loop import build_data, evaluate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _photo_folder(tmp_path, n=6):

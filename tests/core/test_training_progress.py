@@ -6,7 +6,6 @@ import io
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from dpe_core.training import DataConfig, TrainConfig
@@ -22,13 +21,7 @@ from dpe_core.training.progress import (
 )
 from tests.core.test_training_data import _photo_folder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_status_line_names_losses_lambda_held_out_score_and_time_left():
