@@ -156,15 +156,7 @@ class _Store:
                 os.unlink(tmp)
             return True
         if self.kind == "s3":
-            try:
-                self.fs.pipe_file(self.path, data, mode="create")
-            except FileExistsError:
-                return False
-            except OSError as exc:
-                if not _precondition_failed(exc):
-                    raise
-                return False
-            return True
+            return self._s3_conditional_put(data, (FileExistsError,), mode="create")
         if self.fs.exists(self.path):
             return False
         self.fs.pipe_file(self.path, data)
@@ -181,19 +173,24 @@ class _Store:
             os.replace(tmp, self.path)
             return True
         if self.kind == "s3" and version:
-            try:
-                self.fs.pipe_file(self.path, data, IfMatch=version)
-            except (FileNotFoundError, FileExistsError):
-                return False
-            except OSError as exc:
-                if not _precondition_failed(exc):
-                    raise
-                return False
-            return True
+            return self._s3_conditional_put(data, (FileNotFoundError, FileExistsError), IfMatch=version)
         _, now_version = self.read()
         if now_version != version:
             return False
         self.fs.pipe_file(self.path, data)
+        return True
+
+    def _s3_conditional_put(self, data: bytes, lost_race: tuple[type[OSError], ...], **condition) -> bool:
+        """Put with an S3 condition (If-None-Match / If-Match); False when it did not hold: another run wrote
+        first, shown as one of `lost_race` or as a failed precondition."""
+        try:
+            self.fs.pipe_file(self.path, data, **condition)
+        except lost_race:
+            return False
+        except OSError as exc:
+            if not _precondition_failed(exc):
+                raise
+            return False
         return True
 
     def _write_temp(self, data: bytes) -> str:
