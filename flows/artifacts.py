@@ -6,7 +6,6 @@ browser can reach, which an s3:// or local path is not.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect.artifacts import (
@@ -19,12 +18,6 @@ from prefect.artifacts import (
 from tasks.paths import printable
 
 MAX_FAILURES_LISTED = 50
-
-
-def artifact_key(prefix: str, url: str) -> str:
-    """A Prefect artifact key (lower case, dashes) naming the destination, so runs on it form a history."""
-    slug = re.sub(r"[^a-z0-9]+", "-", url.lower()).strip("-")
-    return f"{prefix}-{slug}"[:100].strip("-")
 
 
 class Progress:

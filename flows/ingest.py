@@ -22,14 +22,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 
-from flows.artifacts import artifact_key, publish_summary
+from flows.artifacts import publish_summary
 from flows.cluster import dask_cluster
 from flows.outcome import final_state, log_failures
 from flows.params import IngestParams
 from tasks.ingest import COPIES_DIR, IngestJob, IngestResult, IngestShard, copy_rel, ingest_shard
 from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
 from tasks.listing import FileEntry, Listing, list_sizes
-from tasks.paths import check_destinations, join, printable
+from tasks.paths import artifact_key, check_destinations, join, printable
 from tasks.plan import name_conflicts
 from tasks.storage import STORAGE_RETRIES, list_inputs
 from tasks.storage_options import use_storage_block

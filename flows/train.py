@@ -20,11 +20,11 @@ from fsspec.core import url_to_fs
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
-from flows.artifacts import artifact_key, publish_summary
+from flows.artifacts import publish_summary
 from flows.cluster import cpu_count, dask_cluster
 from flows.ingest import copies_url, ingest_dataset
 from flows.params import IngestParams, TrainParams, default_registry, dpe_home
-from tasks.paths import join
+from tasks.paths import artifact_key, join
 from tasks.registry import model_uri, next_version, publish, read_index
 from tasks.storage import STORAGE_RETRIES
 from tasks.storage_options import use_storage_block

@@ -257,3 +257,9 @@ def name_key(rel: str) -> str:
     shares): canonical caseless form, NFD(casefold(NFD(name)))."""
     nfd = unicodedata.normalize("NFD", rel)
     return unicodedata.normalize("NFD", nfd.casefold())
+
+
+def artifact_key(prefix: str, url: str) -> str:
+    """A Prefect artifact key (lower case, dashes) naming a destination or model, so runs on it form a history."""
+    slug = re.sub(r"[^a-z0-9]+", "-", url.lower()).strip("-")
+    return f"{prefix}-{slug}"[:100].strip("-")

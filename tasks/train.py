@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.paths import artifact_key
 from tasks.storage_options import use_storage_block
 
 
@@ -71,15 +72,10 @@ def publish_plot(name: str, checkpoint_url: str, status: str, storage_options: d
     markdown = (f"# Training {name}\n\n{status}\n\n![progress](data:image/png;base64,"
                 f"{base64.b64encode(png).decode()})\n\nPlot file: `{join_url(checkpoint_url, PLOT_NAME)}`")
     try:
-        create_markdown_artifact(markdown, key=_artifact_key(name), description=status or f"Training {name}")
+        create_markdown_artifact(markdown, key=artifact_key("training-plot", name),
+                                 description=status or f"Training {name}")
     except Exception:
         pass
-
-
-def _artifact_key(name: str) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes."""
-    cleaned = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    return f"training-plot-{cleaned or 'model'}"[:100]
 
 
 @task(name="train-model", task_run_name="train-{name}", cache_policy=NO_CACHE)

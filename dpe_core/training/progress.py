@@ -65,10 +65,10 @@ def append_history(folder: str, records: Iterable[dict[str, Any]], **storage_opt
     lines = "".join(json.dumps(_finite(r), sort_keys=True) + "\n" for r in records)
     if not lines:
         return
-    fs, path = filesystem(join_url(folder, HISTORY_NAME), **storage_options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    url = join_url(folder, HISTORY_NAME)
+    fs, path = filesystem(url, **storage_options)
     old = fs.cat_file(path) if fs.exists(path) else b""  # object stores cannot append: rewrite (small file)
-    write_bytes_atomic(join_url(folder, HISTORY_NAME), old + lines.encode(), **storage_options)
+    write_bytes_atomic(url, old + lines.encode(), **storage_options)  # creates the folder when missing
 
 
 def read_history(folder: str, **storage_options) -> list[dict[str, Any]]:
