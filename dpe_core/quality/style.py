@@ -24,6 +24,7 @@ from PIL import Image
 
 from dpe_core.quality.looks import LOOKS
 from dpe_core.quality.metrics import ciede2000
+from dpe_core.quality.report import load_photos
 
 Method = Callable[[np.ndarray], np.ndarray]  # HxWx3 float32 [0,1] -> same
 
@@ -48,22 +49,6 @@ def split_style_photos(names: Sequence[str], test: int, seed: int = 2010) -> Sty
     return StyleSplit(source=sorted(rest[0::2]), reference=sorted(rest[1::2]), test=sorted(held))
 
 
-def _load(path: Path, long_side: int) -> Image.Image:
-    from dpe_core.io import read_photo
-
-    pixels = read_photo(str(path)).pixels
-    if pixels.dtype == np.uint16:
-        pixels = (pixels / 257.0 + 0.5).astype(np.uint8)
-    if pixels.ndim == 2 or pixels.shape[2] == 1:
-        pixels = np.repeat(pixels.reshape(pixels.shape[0], pixels.shape[1], 1), 3, axis=2)
-    image = Image.fromarray(np.ascontiguousarray(pixels[..., :3]))
-    if max(image.size) > long_side:
-        scale = long_side / max(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.LANCZOS)
-    return image
-
-
 def prepare_style_sets(photo_dir: str | Path, work_dir: str | Path, look: str, split: StyleSplit,
                        long_side: int = 256) -> dict[str, Path]:
     """Write the benchmark's folders (PNG, long side <= long_side) and return them by role:
@@ -80,8 +65,8 @@ def prepare_style_sets(photo_dir: str | Path, work_dir: str | Path, look: str, s
     plan = [(split.source, ("source", "pair_input"), ("pair_target",)), (split.reference, (), ("reference",)),
             (split.test, ("test",), ("test_target",))]
     for names, plain_roles, look_roles in plan:
-        for name in names:
-            image = _load(photo_dir / name, long_side)
+        for name, pixels in load_photos(photo_dir, names, long_side):
+            image = Image.fromarray((pixels * 255 + 0.5).astype(np.uint8))
             stem = Path(name).stem + ".png"
             for role in plain_roles:
                 image.save(folders[role] / stem)
