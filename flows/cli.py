@@ -168,6 +168,12 @@ def enhance(
                                    help="How much of the correction to apply, 0..1 (0: the original, 1: all of it)."),
     workers: int | None = typer.Option(None, help="Local Dask workers (default: sized to the machine)."),
     dask_address: str | None = typer.Option(None, help="Use a running Dask scheduler (tcp://host:8786)."),
+    dask_security: str | None = typer.Option(None, "--dask-security",
+                                             help="TLS for a tls:// scheduler: YAML/JSON file with tls_ca_file, "
+                                                  "tls_client_cert, tls_client_key (or a Dask config)."),
+    min_gpu_workers: int | None = typer.Option(None, "--min-gpu-workers",
+                                               help="Wait for this many workers declaring GPU before planning."),
+    gpu_wait: float = typer.Option(600.0, "--gpu-wait", help="Seconds to wait for them, then exit 2."),
     shard_size: int | None = typer.Option(None, help="Photos per task (default: ~3 shards per worker)."),
     overwrite: bool = typer.Option(False, help="Redo photos already recorded as done."),
     include: list[str] = typer.Option(["*"], "--include", help="Glob on relative paths (repeatable)."),
@@ -198,7 +204,8 @@ def enhance(
             exclude=exclude, formats=formats,
             output_format=output_format, quality=quality, device=device, torch_threads=torch_threads,
             max_pixels=max_pixels, registry_url=registry, storage_block=storage_block,
-            decode_timeout_s=decode_timeout, max_inflight_mb=max_inflight_mb, lock_wait_s=lock_wait)
+            decode_timeout_s=decode_timeout, max_inflight_mb=max_inflight_mb, lock_wait_s=lock_wait,
+            dask_security=dask_security, min_gpu_workers=min_gpu_workers, gpu_wait_s=gpu_wait)
     except ValidationError as exc:
         raise _usage(_validation_message(exc)) from None
     _precheck_source(params.source_url)

@@ -8,6 +8,11 @@ Measured pitfalls handled here (see DESIGN.md): workers cannot see Prefect's eph
 is required and passed to the workers' environment before they start; ``DaskTaskRunner(cluster=obj)`` is
 broken in prefect-dask 0.3.7, so callers get an address for ``DaskTaskRunner(address=...)``; a resource no
 worker offers makes tasks wait forever, so GPU annotation happens only when a worker offers GPU.
+
+A running cluster that lives for months (``dask_address``): the flow connects (with ``dask_security`` for
+``tls://`` schedulers, flows/dask_security.py), waits for ``min_gpu_workers`` workers declaring the resource GPU
+(GPU workers that join late are waited for; a timeout is a ClusterError, never a silent CPU run), and checks that
+every worker runs the flow's dpe (tasks/versions.py) before any work.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from flows.params import ClusterParams
 
@@ -38,10 +44,27 @@ class ClusterInfo:
     gpu_workers: int
     torch_threads: int | None
     start_s: float
+    gpu_addresses: list[str] = field(default_factory=list)  # the workers that run inference when use_gpu
+    security: Any = None  # distributed.Security for tls:// schedulers (None: dask's configuration)
+    dpe_version: str | None = None  # what the flow and every worker run (checked)
+    gpu_wait_s: float = 0.0  # how long the flow waited for GPU workers
 
     @property
     def use_gpu(self) -> bool:
         return self.gpu_workers > 0
+
+    @property
+    def inference_workers(self) -> int:
+        """Workers that take inference shards: the GPU workers when the run uses them, else all."""
+        return self.gpu_workers if self.use_gpu else self.workers
+
+    def task_runner(self):
+        """A prefect-dask DaskTaskRunner on this cluster (address=..., never cluster=...: DESIGN.md), with its
+        TLS security when the cluster needs one."""
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=self.address,
+                              client_kwargs={"security": self.security} if self.security is not None else None)
 
 
 def prefect_api_url() -> str:
@@ -128,6 +151,20 @@ def torch_friendly_spawn() -> Iterator[None]:
             os.environ["MALLOC_TRIM_THRESHOLD_"] = DASK_TRIM_DEFAULT
 
 
+@contextmanager
+def nanny_environ(env: dict[str, str]) -> Iterator[None]:
+    """Give every nanny started inside this block ``env`` through dask's ``distributed.nanny.environ``.
+
+    dask-cuda's LocalCUDACluster replaces each worker's ``env`` option with CUDA_VISIBLE_DEVICES alone (26.10,
+    ``new_worker_spec``), so an env passed to it never reaches the workers (no PREFECT_API_URL: every task tries
+    to start its own API and times out). Nannies merge this configuration into their workers' environment
+    whatever their ``env`` option says."""
+    import dask
+
+    with dask.config.set({"distributed.nanny.environ": dict(env)}):
+        yield
+
+
 def _gpu_nannies(n: int, env: dict[str, str]):
     """One Nanny per GPU, CUDA_VISIBLE_DEVICES pinned, resources GPU=1 (LocalCUDACluster without dask-cuda)."""
     from distributed import Nanny, Scheduler, SpecCluster
@@ -157,8 +194,9 @@ def start_local_cluster(params: ClusterParams, api_url: str):
         try:
             from dask_cuda import LocalCUDACluster
 
-            cluster = LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1}, env=env,
-                                       dashboard_address=":0", silence_logs=logging.WARNING)
+            with nanny_environ(env):  # LocalCUDACluster drops its env= option (see nanny_environ)
+                cluster = LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1}, env=env,
+                                           dashboard_address=":0", silence_logs=logging.WARNING)
             return cluster, "LocalCUDACluster", n, n, threads
         except Exception as exc:  # not installed, or no usable CUDA for it
             log.info("LocalCUDACluster unavailable (%s); pinning one worker per GPU", exc)
@@ -173,24 +211,117 @@ def start_local_cluster(params: ClusterParams, api_url: str):
 def worker_summary(client) -> tuple[int, int]:
     """(workers, workers offering resource GPU>=1) of a connected cluster."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
-    gpu = sum(1 for w in workers.values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
-    return len(workers), gpu
+    return len(workers), len(gpu_worker_names(client, workers))
+
+
+def gpu_worker_names(client, workers: dict[str, Any] | None = None) -> dict[str, str]:
+    """{address: name} of the workers declaring the resource GPU >= 1."""
+    workers = workers if workers is not None else client.scheduler_info(n_workers=-1)["workers"]
+    return {addr: str(w.get("name", addr)) for addr, w in workers.items()
+            if (w.get("resources") or {}).get("GPU", 0) >= 1}
+
+
+def min_gpu_workers(params: ClusterParams) -> int:
+    """GPU workers a run waits for before planning its shards: params.min_gpu_workers when set, else dask's
+    configuration ``dpe.min-gpu-workers`` (set once for a GPU cluster: DASK_CONFIG file or the environment
+    variable DASK_DPE__MIN_GPU_WORKERS), else 1 with device=cuda and 0 otherwise. device=cpu: 0."""
+    import dask
+
+    if params.device == "cpu":
+        return 0
+    wanted = getattr(params, "min_gpu_workers", None)
+    if wanted is None:
+        wanted = int(dask.config.get("dpe.min-gpu-workers", 0) or 0)
+    return max(wanted, 1 if params.device == "cuda" else 0)
+
+
+def wait_for_gpu_workers(client, count: int, timeout_s: float, poll_s: float = 0.5,
+                         on_wait=None) -> dict[str, str]:
+    """Block until ``count`` workers declare the resource GPU; returns {address: name} of all GPU workers then.
+
+    Raises ClusterError naming the scheduler, how many joined and what to do, after timeout_s."""
+    started = time.monotonic()
+    announced = False
+    while True:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        gpus = gpu_worker_names(client, workers)
+        if len(gpus) >= count:
+            return gpus
+        waited = time.monotonic() - started
+        if waited >= timeout_s:
+            joined = ", ".join(sorted(gpus.values())) or "none"
+            raise ClusterError(
+                f"waited {timeout_s:.0f} s for {count} Dask workers offering the resource GPU at "
+                f"{client.scheduler.address}: {len(gpus)} joined ({joined}), {len(workers)} workers in all. Start GPU "
+                "workers with `dask worker ADDRESS --resources GPU=1` (deploy/dask/gpu-worker.sh), or lower "
+                "min_gpu_workers / raise gpu_wait_s.")
+        if not announced and on_wait is not None:
+            on_wait(f"waiting up to {timeout_s:.0f} s for {count} GPU workers at {client.scheduler.address} "
+                    f"({len(gpus)} so far, {len(workers)} workers in all)")
+            announced = True
+        time.sleep(poll_s)
+
+
+def check_versions(client, workers: list[str] | None = None) -> str:
+    """The flow's dpe version after checking that every worker (or the given ones) runs the same; raises
+    ClusterError naming the first worker that does not, with both versions."""
+    from tasks.versions import dpe_version
+
+    mine = dpe_version()
+    theirs = client.run(dpe_version, workers=workers, on_error="return")
+    names = {addr: str(w.get("name", addr)) for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    for addr, version in sorted(theirs.items()):
+        if version == mine:
+            continue
+        said = (f"cannot tell its dpe version ({type(version).__name__}: {version}; is dpe installed there?)"
+                if isinstance(version, BaseException) else f"runs dpe {version}")
+        raise ClusterError(f"Dask worker {names.get(addr, addr)} ({addr}) {said}, but this flow runs dpe {mine}: "
+                           "install the same dpe (same release and code) on the flow runner and every worker, "
+                           "then restart the workers.")
+    return mine
+
+
+def _flow_logger():
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a flow run
+        return log
 
 
 @contextmanager
 def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> Iterator[tuple[ClusterInfo, object]]:
     """Yield (ClusterInfo, a distributed Client for management: plugins, worker checks).
 
-    A local cluster is closed on exit; an external one is left running. Raises ClusterError when the job
-    cannot run (no API URL for workers, device=cuda without GPU workers).
+    A local cluster is closed on exit; an external one is left running. Before yielding: waits for
+    min_gpu_workers(params) GPU workers (up to params.gpu_wait_s) and checks every worker's dpe version. Raises
+    ClusterError when the job cannot run (no API URL for workers, no GPU workers in time, device=cuda without GPU
+    workers, another dpe on a worker, a scheduler that cannot be reached).
     """
     from distributed import Client
+
+    from flows.dask_security import SecurityFileError, load_security
 
     api_url = prefect_api_url()
     started = time.perf_counter()
     cluster = None
+    security = None
+    logger = _flow_logger()
+    need_gpus = min_gpu_workers(params)
     if params.dask_address:
-        client = Client(params.dask_address, set_as_default=False, timeout=60)
+        try:
+            security = load_security(getattr(params, "dask_security", None))
+        except SecurityFileError as exc:
+            raise ClusterError(str(exc)) from exc
+        try:
+            client = Client(params.dask_address, set_as_default=False, timeout=60,
+                            **({"security": security} if security is not None else {}))
+        except Exception as exc:
+            hint = (" (a tls:// scheduler needs its CA and a client certificate: --dask-security FILE or a "
+                    "DASK_CONFIG with distributed.comm.tls)" if params.dask_address.startswith("tls://") else "")
+            raise ClusterError(f"cannot connect to the Dask scheduler at {params.dask_address}: "
+                               f"{type(exc).__name__}: {exc}{hint}") from exc
         kind, threads = "external", params.torch_threads
         try:
             client.wait_for_workers(1, timeout=wait_for_workers_s)
@@ -203,14 +334,27 @@ def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> It
             cluster, kind, _, _, threads = start_local_cluster(params, api_url)
         client = Client(cluster.scheduler_address, set_as_default=False)
     try:
-        workers, gpu_workers = worker_summary(client)
+        waited = time.perf_counter()
+        if need_gpus:
+            gpus = wait_for_gpu_workers(client, need_gpus, float(getattr(params, "gpu_wait_s", 600.0)),
+                                        on_wait=logger.warning)
+        else:
+            gpus = gpu_worker_names(client)
+        waited = time.perf_counter() - waited
         if params.device == "cpu":
-            gpu_workers = 0
-        elif params.device == "cuda" and gpu_workers == 0:
+            gpus = {}
+        elif params.device == "cuda" and not gpus:
             raise ClusterError("device=cuda but no Dask worker offers the resource GPU "
                                "(start workers with `dask worker --resources GPU=1`)")
-        info = ClusterInfo(client.scheduler.address, kind, workers, gpu_workers, threads,
-                           time.perf_counter() - started)
+        elif not gpus and params.dask_address:
+            logger.warning("no Dask worker declares the resource GPU: device=auto runs on the CPU workers (set "
+                           "min_gpu_workers, or dpe.min-gpu-workers in the flow's dask config, to wait for GPU "
+                           "workers instead)")
+        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        version = check_versions(client)
+        info = ClusterInfo(client.scheduler.address, kind, workers, len(gpus), threads,
+                           time.perf_counter() - started, gpu_addresses=sorted(gpus), security=security,
+                           dpe_version=version, gpu_wait_s=waited)
         yield info, client
     finally:
         client.close()

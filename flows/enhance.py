@@ -179,14 +179,13 @@ def run_shards(shards: list[Shard], job: EnhanceJob, cluster: ClusterInfo, progr
                already: int) -> tuple[list[dict[str, Any]], list[ShardResult], float]:
     """Submit every shard through a DaskTaskRunner(address=...) and collect results as they finish."""
     import dask
-    from prefect_dask import DaskTaskRunner
 
     logger = get_run_logger()
     records: list[dict[str, Any]] = []
     results: list[ShardResult] = []
     done = already
     started = time.perf_counter()
-    with DaskTaskRunner(address=cluster.address) as runner:
+    with cluster.task_runner() as runner:
         annotate = dask.annotate(resources={"GPU": 1}) if cluster.use_gpu else contextlib.nullcontext()
         with annotate:
             futures = {runner.submit(enhance_shard, {"shard": shard, "job": job}): shard for shard in shards}
@@ -262,20 +261,13 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
     phase_s, cluster_info, model_load_s = 0.0, None, None
     if the_plan.todo:
         with dask_cluster(params) as (cluster_info, client):
-            from tasks.models import EnhancerWarmup, wait_for_warmup
+            from flows.warmup import warm_up_inference_workers
 
-            logger.info("Dask %s at %s: %d workers (%d with GPU), %s torch threads each, ready in %.1f s",
+            logger.info("Dask %s at %s: %d workers (%d with GPU), %s torch threads each, ready in %.1f s; dpe %s",
                         cluster_info.kind, cluster_info.address, cluster_info.workers, cluster_info.gpu_workers,
-                        cluster_info.torch_threads or "default", cluster_info.start_s)
-            plugin = EnhancerWarmup(model.uri, params.device, cluster_info.torch_threads, params.storage_block)
-            t_model = time.perf_counter()
-            client.register_plugin(plugin)
-            warm = wait_for_warmup(client, plugin)
-            model_load_s = time.perf_counter() - t_model
-            failed = {w: s["error"] for w, s in warm.items() if s["error"]}
-            if failed:
-                logger.error("model %s failed to load on %d workers: %s", model.uri, len(failed),
-                             next(iter(failed.values())))
+                        cluster_info.torch_threads or "default", cluster_info.start_s, cluster_info.dpe_version)
+            warm, model_load_s = warm_up_inference_workers(client, cluster_info, model.uri, params.device,
+                                                           params.storage_block, logger)
             logger.info("model %s loaded on %d workers in %.1f s", model.id, len(warm), model_load_s)
             job = EnhanceJob(model_uri=model.uri, model_id=model.id, device=params.device, mode=params.mode,
                              strength=params.strength,
@@ -286,7 +278,7 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
                              settings=settings, storage_block=params.storage_block,
                              decode_timeout_s=params.decode_timeout_s, max_inflight_mb=params.max_inflight_mb,
                              owner=lock.owner, **pipeline_options(cluster_info))
-            n_shards = shard_count(len(the_plan.todo), cluster_info.workers, params.shard_size)
+            n_shards = shard_count(len(the_plan.todo), cluster_info.inference_workers, params.shard_size)
             shards = make_shards(the_plan.todo, n_shards, params.previews)
             logger.info("%d shards of ~%d photos", len(shards), math.ceil(len(the_plan.todo) / max(1, n_shards)))
             new_records, results, phase_s = run_shards(shards, job, cluster_info, progress, total, done_before)

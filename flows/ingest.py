@@ -113,13 +113,11 @@ def ingest_dataset(params: IngestParams) -> dict[str, Any]:
                         copy_size=params.copy_size, copy_format=params.copy_format, min_side=params.min_side,
                         max_pixels=params.max_pixels, storage_block=params.storage_block)
         with dask_cluster(params) as (cluster, _client):
-            from prefect_dask import DaskTaskRunner
-
             size = params.shard_size or max(8, min(512, math.ceil(len(todo) / (3 * cluster.workers))))
             shards = [IngestShard(index=i, entries=[e.to_dict() for e in todo[start:start + size]])
                       for i, start in enumerate(range(0, len(todo), size))]
             shards_n = len(shards)
-            with DaskTaskRunner(address=cluster.address) as runner:
+            with cluster.task_runner() as runner:
                 futures = {runner.submit(ingest_shard, {"shard": s, "job": job}): s for s in shards}
                 for future in as_completed(list(futures)):
                     shard = futures[future]

@@ -75,6 +75,13 @@ Workers = Annotated[int | None, Field(
 TorchThreads = Annotated[int | None, Field(
     ge=1, le=256, description="torch threads per worker (default: cores / workers on a local cluster).")]
 DeviceField = Annotated[Device, Field(description="auto: GPU workers when the cluster has them, else CPU.")]
+MinGpuWorkers = Annotated[int | None, Field(
+    ge=0, le=4096, description="Wait for this many Dask workers declaring the resource GPU before planning "
+                               "(default: dask config dpe.min-gpu-workers, else 1 with device=cuda, else 0).")]
+GpuWaitS = Annotated[float, Field(ge=0, le=86400, description="How long to wait for them (s), then fail.")]
+DaskSecurity = Annotated[str | None, Field(
+    description="TLS for a tls:// scheduler: path to a YAML/JSON file with Security keywords (tls_ca_file, "
+                "tls_client_cert, tls_client_key) or a Dask config with distributed.comm.tls (docs/operations.md).")]
 Include = Annotated[list[str], Field(description="Glob patterns on paths relative to the source ('*' crosses '/').")]
 Exclude = Annotated[list[str], Field(description="Glob patterns to leave out.")]
 Formats = Annotated[list[InputFormat], Field(min_length=1, description="Input formats to pick up (by extension).")]
@@ -93,6 +100,9 @@ class ClusterParams(BaseModel):
     workers: Workers = None
     torch_threads: TorchThreads = None
     device: DeviceField = "auto"
+    min_gpu_workers: MinGpuWorkers = None
+    gpu_wait_s: GpuWaitS = 600.0
+    dask_security: DaskSecurity = None
 
 
 class EnhanceParams(BaseModel):
@@ -139,6 +149,9 @@ class EnhanceParams(BaseModel):
     workers: Workers = None
     torch_threads: TorchThreads = None
     device: DeviceField = "auto"
+    min_gpu_workers: MinGpuWorkers = None
+    gpu_wait_s: GpuWaitS = 600.0
+    dask_security: DaskSecurity = None
     storage_block: StorageBlock = None
 
     @field_validator("source_url", "dest_url")
@@ -173,6 +186,9 @@ class IngestParams(BaseModel):
     workers: Workers = None
     torch_threads: TorchThreads = None
     device: DeviceField = "auto"
+    min_gpu_workers: MinGpuWorkers = None
+    gpu_wait_s: GpuWaitS = 600.0
+    dask_security: DaskSecurity = None
     storage_block: StorageBlock = None
 
     @field_validator("source_url", "dest_url")
@@ -233,6 +249,9 @@ class TrainParams(BaseModel):
     workers: Workers = None
     torch_threads: TorchThreads = None
     device: DeviceField = "auto"
+    min_gpu_workers: MinGpuWorkers = None
+    gpu_wait_s: GpuWaitS = 600.0
+    dask_security: DaskSecurity = None
     storage_block: StorageBlock = None
 
     @field_validator("overrides")

@@ -119,6 +119,7 @@ def train_style(params: TrainParams) -> dict[str, Any]:
                 state = ingest_dataset(IngestParams(
                     source_url=url, dest_url=dest, copies=True, copy_size=max(512, params.image_size),
                     dask_address=cluster.address, device=params.device, storage_block=params.storage_block,
+                    dask_security=params.dask_security, gpu_wait_s=params.gpu_wait_s,
                 ), return_state=True)
                 summary = state.result()
                 if summary["valid"] == 0:
@@ -129,9 +130,8 @@ def train_style(params: TrainParams) -> dict[str, Any]:
         config = train_config(params, data, checkpoints, threads)
         card = {"source_datasets": data_roles(params), "datasets": datasets, "checkpoint_url": checkpoints}
         import dask
-        from prefect_dask import DaskTaskRunner
 
-        with DaskTaskRunner(address=cluster.address) as runner:
+        with cluster.task_runner() as runner:
             annotate = dask.annotate(resources={"GPU": 1}) if cluster.use_gpu else contextlib.nullcontext()
             with annotate:
                 future = runner.submit(train_model, {
