@@ -4,6 +4,7 @@
     python benchmarks/enhance_speed.py --quick         # ~2 min: fewer rounds, 12 MP only, no naive full-size forward
     python benchmarks/enhance_speed.py --compile       # also torch.compile the net (CPU: ~1 min to compile)
     python benchmarks/enhance_speed.py --under-load    # 12/24 MP full path, idle vs one core busy (~2 min)
+    python benchmarks/enhance_speed.py --io-floor      # 24 MP full path beside a plain Pillow decode + encode (~1 min)
 
 Tables:
 1. 512 px: images/s of the Enhancer (folded graph, batched; and end to end through enhance_batch) against a naive
@@ -15,6 +16,9 @@ Tables:
    PSNR of full against tiled (and of each against the input: how much the model changes the photo); full's cost
    in units of a working-size enhancement (mode paper: 512 px for a 512-trained model) in the same process.
 3. Where full's time goes (stages of the last call).
+4. (--io-floor, also part of the default run) the 24 MP end-to-end path - read_photo with all metadata, enhance
+   full, write_photo with all metadata - beside the I/O floor of the same file: a plain Pillow decode + q95 encode
+   (4:4:4 as write_photo, and Pillow's default 4:2:0), interleaved round by round (benchmarks/io_floor.py).
 
 Only ratios measured in one run are comparable: other processes on the machine slow every figure.
 """
@@ -374,6 +378,7 @@ def main() -> None:
     parser.add_argument("--skip-512", action="store_true")
     parser.add_argument("--timeout", type=float, default=400)
     parser.add_argument("--under-load", action="store_true", help="idle vs one core busy (enhance_under_load.py)")
+    parser.add_argument("--io-floor", action="store_true", help="only the full path vs Pillow decode+encode")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -383,6 +388,11 @@ def main() -> None:
         from benchmarks.enhance_under_load import run
 
         run(TESTDATA / SOURCE_PHOTO, args.sizes or [12, 24], rounds=args.rounds or 3, threads=args.threads)
+        return
+    if args.io_floor:
+        from benchmarks.io_floor import run as run_floor
+
+        run_floor(TESTDATA / SOURCE_PHOTO, args.sizes or [24], rounds=args.rounds or 5, threads=args.threads)
         return
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.sizes = args.sizes or ([12] if args.quick else [12, 24])
@@ -398,6 +408,10 @@ def main() -> None:
     if not args.skip_512:
         bench_512(args, generator, device)
     bench_large(args, device)
+    if device.type == "cpu":
+        from benchmarks.io_floor import run as run_floor
+
+        run_floor(TESTDATA / SOURCE_PHOTO, [24], rounds=args.rounds + 2, threads=args.threads, header=False)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ hundred kB per strip plus the input and output arrays) whatever the photo's size
   full width (one interpolate kernel), then applied with three fused multiply-adds per channel. The input is
   converted once per strip from its storage type (uint8/uint16/float32, HWC), the input and output scales and
   the rounding offset are folded into the coefficients, and the result is written straight into the output
-  array of the input's dtype.
+  array of the input's dtype. On CPU the fused C loop (dpe_core.guided_native, ``StripKernel(compiled=True)``)
+  does all of it in one pass from the source array into the output array, with no strip copies. 8-bit outputs
+  are the RGB view of an RGBX buffer (dpe_core.rgbx_view), which Pillow encodes without a copy.
 
 Shapes: images are [3,H,W] (or numpy HxWx3), coefficients [12,h,w] with plane 4*c + k multiplying input channel k
 for output channel c (k = 3: the offset b_c).
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dpe_core.rgbx_view import rgbx_base
 from dpe_core.threads import StripPool
 
 DEFAULT_RADIUS = 2
@@ -91,16 +94,22 @@ class PixelSource:
 
 
 class PixelSink:
-    """Where apply_affine writes: numpy HxWx3 of the source's dtype (floats: float32) or a torch [3,H,W] float32."""
+    """Where apply_affine writes: numpy HxWx3 of the source's dtype (floats: float32; uint8: the [..., :3] view of
+    an HxWx4 buffer) or a torch [3,H,W] float32."""
 
     def __init__(self, like: PixelSource):
         d = like.data
+        self.x_free = False  # data is the RGB view of an RGBX buffer whose 4th byte is ours to write
         if isinstance(d, torch.Tensor):
             self.data = torch.empty((3, like.height, like.width), dtype=torch.float32, device=d.device)
             self.torch_dtype = torch.float32
         else:
             dtype = d.dtype if d.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
-            self.data = np.empty((like.height, like.width, 3), dtype=dtype)
+            if dtype == np.uint8:  # the RGB view of an RGBX buffer: Pillow encodes it without a copy (io/rgbx.py)
+                self.data = np.empty((like.height, like.width, 4), dtype=dtype)[..., :3]
+                self.x_free = True
+            else:
+                self.data = np.empty((like.height, like.width, 3), dtype=dtype)
             self.torch_dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}.get(
                 dtype, torch.float32
             )
@@ -159,14 +168,21 @@ def area_downscale(
         if (h, w) == (big_h, big_w):
             return full.contiguous()
         return F.interpolate(full[None], size=(h, w), mode="bilinear", align_corners=False)[0].clamp_(0, 1)
-    acc = torch.zeros((h, big_w * 3), dtype=torch.float32, device=device)
+    # The RGB view of an RGBX buffer: whole 4-byte pixels are read (contiguous rows, no strip copy), X dropped last.
+    base = rgbx_base(src.data) if isinstance(src.data, np.ndarray) else None
+    channels = 3 if base is None else 4
+    acc = torch.zeros((h, big_w * channels), dtype=torch.float32, device=device)
     step = max(1, strip_pixels // big_w)
     starts = list(range(0, big_h, step))
 
     def read(y0: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         y1 = min(big_h, y0 + step)
         lo, weights = _area_matrix(big_h, h, y0, y1, torch.float32)
-        return lo, weights.to(device), src.read_float(y0, y1, device).view(y1 - y0, big_w * 3)
+        if base is not None:
+            strip = torch.from_numpy(base[y0:y1]).to(device, torch.float32)
+        else:
+            strip = src.read_float(y0, y1, device)
+        return lo, weights.to(device), strip.view(y1 - y0, big_w * channels)
 
     def add(prepared: tuple[int, torch.Tensor, torch.Tensor]) -> None:
         # Adjacent strips share an output row; adding in strip order keeps the sums independent of the pool.
@@ -178,7 +194,7 @@ def area_downscale(
             add(read(y0))
     else:
         pool.run_ordered(read, add, starts)
-    low = acc.view(h, big_w, 3)
+    low = acc.view(h, big_w, channels)[:, :, :3]
     if pool is None or device.type != "cpu":
         low = _area_columns(low, w, dim=1)  # [h, w, 3]
     else:  # rows are independent: chunks of rows on the pool's threads, same numbers
@@ -306,73 +322,42 @@ def _row_map(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor,
     return i0.to(device), i1.to(device), (pos - i0).float().to(device)
 
 
-def affine_rows(
-    hrows: torch.Tensor,
-    i0: torch.Tensor,
-    i1: torch.Tensor,
-    wy: torch.Tensor,
-    pix: torch.Tensor,
-    top: float,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """Per-pixel work of the fused apply (written for torch.compile: one loop over the strip's pixels).
-
-    hrows [n,12,W]: coefficient rows already interpolated to the full width; i0, i1, wy [S]: for each output row the
-    two rows of hrows and the vertical weight; pix [S,W,3] in storage units (any dtype). Returns [S,W,3] out_dtype
-    clamped to [0, top] (integer outputs: the caller folded +0.5 into the offsets, so truncation rounds).
-    """
-    t = hrows[i0]
-    coef = t + (hrows[i1] - t) * wy[:, None, None]  # [S,12,W]
-    f = pix.float()
-    outs = [
-        coef[:, 4 * c] * f[..., 0]
-        + coef[:, 4 * c + 1] * f[..., 1]
-        + coef[:, 4 * c + 2] * f[..., 2]
-        + coef[:, 4 * c + 3]
-        for c in range(3)
-    ]
-    return torch.stack(outs, -1).clamp(0, top).to(out_dtype)
-
-
 class StripKernel:
     """Applies coefficient rows to one strip: ``kernel(c, i0, i1, wy, pix, top, out_dtype) -> [S,W,3]``.
 
     c [12,h,w] low-resolution coefficients; i0, i1, wy [S] the bilinear rows and weights of the strip's output rows
     (indices into c); pix [S,W,3]. ``compiled=False`` is the eager path (few big kernels: vertical lerp at low width,
-    one bilinear interpolate to the full width in channels_last, three multiply-adds); ``compiled=True`` runs
-    affine_rows through torch.compile (one fused loop; worth it on CPUs, where the eager path is memory-bound),
-    generated for one intra-op thread (it runs on a StripPool's threads: no OpenMP barrier across cores).
-    ``ready(dtype)``: compiled for that pixel dtype already (a call with another dtype compiles first: seconds).
+    one bilinear interpolate to the full width in channels_last, three multiply-adds; any device).
+    ``compiled=True`` (CPU) runs the fused C loop of dpe_core.guided_native straight from the source array into the
+    output array (no strip copies, any strides: HxWx3, HxWx4, planar), compiled once per machine (about a second,
+    cached on disk) by ``prepare()``; calls fall back to the eager path for layouts it does not take.
+    ``ready(dtype)``: the fused loop is loaded (a call before that compiles first).
     """
 
     def __init__(self, compiled: bool = False):
         self.compiled = compiled
-        self._fn = (
-            torch.compile(affine_rows, dynamic=True, options={"cpp.threads": 1}) if compiled else None
-        )
-        self._ready: set[torch.dtype] = set()
-        self._lock = threading.Lock()  # one compilation at a time; pool threads wait for it
+        self._lock = threading.Lock()
 
-    def ready(self, dtype: torch.dtype) -> bool:
-        return self._fn is None or dtype in self._ready
+    def library(self, build: bool = True):
+        """The loaded C library (compiling it when ``build``), or None for the eager kernel / no compiler."""
+        if not self.compiled:
+            return None
+        from dpe_core import guided_native
+
+        lib = guided_native.load(build=build)
+        if lib is None and build:
+            raise RuntimeError("the fused apply loop could not be compiled (see the log); use the eager kernel")
+        return lib
+
+    def prepare(self) -> None:
+        """Compile (or load from the disk cache) the fused loop now; raises RuntimeError when that fails."""
+        self.library(build=True)
+
+    def ready(self, dtype: torch.dtype | None = None) -> bool:
+        return not self.compiled or self.library(build=False) is not None
 
     def __call__(self, c, i0, i1, wy, pix, top, out_dtype):
         s, big_w = pix.shape[0], pix.shape[1]
-        lo, hi = int(i0[0]), int(i1[-1])
-        # Strips of one row (or one coefficient row) would make the dynamic-shape kernel specialise and compile
-        # again mid-run: the eager path computes them.
-        if self._fn is not None and min(s, big_w, hi + 1 - lo) >= 2:
-            # Horizontal (linear) interpolation of the few coefficient rows the strip needs.
-            n = hi + 1 - lo
-            rows = c[:, lo : hi + 1].reshape(1, 12 * n, c.shape[-1])
-            hrows = F.interpolate(rows, size=big_w, mode="linear", align_corners=False).view(12, n, big_w)
-            args = (hrows.transpose(0, 1), i0 - lo, i1 - lo, wy, pix, top, out_dtype)
-            if pix.dtype in self._ready:
-                return self._fn(*args)
-            with self._lock:
-                out = self._fn(*args)
-                self._ready.add(pix.dtype)
-            return out
         vert = torch.lerp(c[:, i0], c[:, i1], wy[:, None])  # [12,S,w]
         vert = vert[None].contiguous(memory_format=torch.channels_last)
         full = F.interpolate(vert, size=(s, big_w), mode="bilinear", align_corners=False)  # [1,12,S,W] channels_last
@@ -385,6 +370,24 @@ class StripKernel:
 
 
 EAGER = StripKernel(compiled=False)
+
+
+def _native_layout(src: np.ndarray | torch.Tensor, dst: np.ndarray | torch.Tensor) -> bool:
+    """The fused C loop takes these arrays: same sample type in and out (uint8, uint16, float32), on the CPU."""
+    if isinstance(src, torch.Tensor):
+        return (
+            isinstance(dst, torch.Tensor)
+            and src.device.type == "cpu"
+            and src.dtype == dst.dtype == torch.float32
+            and min(src.stride()) >= 0
+        )
+    return (
+        isinstance(dst, np.ndarray)
+        and src.dtype == dst.dtype
+        and src.dtype in (np.uint8, np.uint16, np.float32)
+        and min(src.strides) >= 0
+        and src.strides[2] > 0
+    )
 
 
 def apply_affine(
@@ -414,8 +417,25 @@ def apply_affine(
     sink = PixelSink(src)
     step = max(1, strip_pixels // big_w)
 
+    lib = kernel.library() if device.type == "cpu" else None
+    native = lib is not None and _native_layout(src.data, sink.data)
+    if native:
+        from dpe_core.guided_native import apply_rows, column_map
+
+        c = c.contiguous()
+        cols = column_map(c.shape[2], big_w)
+        planar = isinstance(src.data, torch.Tensor)
+        # Fewer, larger strips: the loop works row by row in cache-sized buffers; strips only feed the pool.
+        step = max(step, -(-big_h // (8 * (pool.workers if pool is not None else 1))))
+
     def strip(y0: int) -> None:  # disjoint rows of the sink: strips need no ordering
         y1 = min(big_h, y0 + step)
+        if native:
+            rows = (i0[y0:y1], i1[y0:y1], wy[y0:y1])
+            s = src.data[:, y0:y1] if planar else src.data[y0:y1]
+            d = sink.data[:, y0:y1] if planar else sink.data[y0:y1]
+            apply_rows(lib, c, rows, cols, s, d, top, planar, sink.x_free)
+            return
         pix = src.read(y0, y1, device)
         sink.write(y0, y1, kernel(c, i0[y0:y1], i1[y0:y1], wy[y0:y1], pix, top, sink.torch_dtype))
 

@@ -48,10 +48,11 @@ Performance (measured numbers: benchmarks/enhance_speed.py):
   time to a pool of single-threaded Python threads (dpe_core.threads): when another process keeps a core busy, that
   core costs its share instead of a wait at every OpenMP barrier (measured on 2 cores with one taken: a 12 MP apply
   2.8-4.5 s with torch's 2 threads, 0.9-1.2 s in strips). Results do not depend on the number of threads;
-- the apply is one fused loop when compiled (``compile_apply``), a few large eager kernels otherwise. On CPU the
-  fused loop is ~3x cheaper per pixel, but compiling it costs ~10-40 s once per process (inductor caches it on
-  disk): ``warm_up()`` compiles it (workers call it at start-up), and "auto" uses it only once compiled, never
-  compiling in the middle of a call; "on" compiles at first use, "off" never. GPUs run the eager kernels;
+- the apply is one fused C loop when compiled (``compile_apply``; dpe_core.guided_native: reads the photo's array
+  and writes the output array directly, any strides), a few large eager kernels otherwise. On CPU the fused loop
+  is ~10x cheaper per pixel; compiling it takes about a second once per machine (cached on disk): ``warm_up()``
+  does it (workers call it at start-up), and "auto" uses it only once loaded, never compiling in the middle of a
+  call; "on" compiles at first use, "off" never. GPUs run the eager kernels;
 - the working-size forward also runs on one pool thread (one intra-op thread): with a core taken, a 2-thread
   forward waits at every layer; on an idle machine a large net pays up to 2x for it (the bundled model: ~20 ms);
 - ``threads`` sets torch's intra-op threads (process-wide) and the strip pool's size; None: the cores this process
@@ -63,7 +64,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -111,7 +111,7 @@ class EnhancerOptions(BaseModel):
     channels_last: bool = Field(True, description="oneDNN/cuDNN convs are faster on NHWC (CPU: ~5-10% here).")
     compile: bool = Field(False, description="torch.compile the net (CPU: ~1 min compile per process, ~1.5x).")
     compile_apply: Literal["auto", "on", "off"] = Field(
-        "auto", description="CPU full-resolution apply: 'auto' uses the fused kernel once warm_up() compiled it."
+        "auto", description="CPU full-resolution apply: 'auto' uses the fused C loop once warm_up() compiled it."
     )
     compile_min_pixels: int = Field(1_000_000, description="'auto': the fused kernel for photos from this size.")
     amp: bool | None = Field(None, description="Autocast bf16/fp16 on CUDA; None: on for CUDA, never on CPU.")
@@ -135,7 +135,9 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def _have_compiler() -> bool:
-    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+    from dpe_core.guided_native import compiler
+
+    return compiler() is not None
 
 
 class Enhancer:
@@ -406,7 +408,8 @@ class Enhancer:
                 self._apply_kernel = StripKernel(compiled=True)
             coeffs = torch.zeros((12, 64, 150))
             coeffs[[0, 5, 10]] = 1.0
-            try:  # in inference mode like enhance(): the compiled kernel is specialised on it
+            try:  # compile (about a second; cached on disk per machine), then one run through the fused loop
+                self._apply_kernel.prepare()
                 with torch.inference_mode():
                     apply_affine(PixelSource(sample), coeffs, self.device, 70_000, self._apply_kernel, self.pool)
             except Exception as exc:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageCms, PngImagePlugin, UnidentifiedImageError
 
 from dpe_core.io import exif as exiflib
-from dpe_core.io import jpeg, png, tiff
+from dpe_core.io import jpeg, png, rgbx, tiff
 from dpe_core.io.errors import (
     CorruptPhotoError,
     PhotoError,
@@ -32,11 +32,6 @@ from dpe_core.io.limits import DEFAULT_LIMITS, IoLimits, MetadataBudget, check_i
 from dpe_core.io.orientation import orient
 from dpe_core.io.photo import Carry, Photo
 from dpe_core.io.webp import riff_chunks
-
-try:  # optional at import time: GPU boxes may lack pillow-heif; HEIF then raises UnsupportedPhotoError
-    import pillow_heif
-except ImportError:  # pragma: no cover
-    pillow_heif = None
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +232,9 @@ def decode_photo(
     budget = MetadataBudget(name, lim)
     kind = sniff(data)
     if kind == "HEIF":
-        return _decode_heif(data, name, limit, budget)
+        from dpe_core.io.decode_heif import decode_heif  # its own module (it needs this one's helpers)
+
+        return decode_heif(data, name, limit, budget)
     if kind == "TIFF":
         raw = tiff.is_raw(data)
         if raw:
@@ -344,10 +341,21 @@ def _decode_jpeg(data: bytes, name: str, im: Image.Image, fmt: str, budget: Meta
     except jpeg.JpegStructureError as exc:
         raise _load_error(name, "JPEG", exc) from exc
     _check_jpeg_metadata(header, budget)
+    # 8-bit RGB JPEG: decoded straight into an RGBX buffer whose RGB view is the photo (no repacking copy).
+    mapped = rgbx.prepare_rgbx_decode(im) if fmt == "JPEG" else None
     _load(im, name, "JPEG")
     if fmt == "MPO":
         im = im.copy()
-    mode = im.mode
+    if mapped is not None:
+        buf, token = mapped
+        if rgbx.loaded_into(im, token):
+            arrays = (buf[..., :3], None, 8)
+        else:  # Pillow allocated its own image: the ordinary path
+            arrays = _pil_to_arrays(im.convert("RGB"), name)
+        mode = "RGB"
+    else:
+        mode = im.mode
+        arrays = None
     exif = icc = xmp = iptc = None
     blocks: list[jpeg.Segment] = []
     placed: set[str] = set()
@@ -378,7 +386,8 @@ def _decode_jpeg(data: bytes, name: str, im: Image.Image, fmt: str, budget: Meta
         im, icc_out, w = _cmyk_to_rgb(im, icc, name)
         if w:
             warns.append(w)
-    arrays = _pil_to_arrays(im, name)
+    if arrays is None:
+        arrays = _pil_to_arrays(im, name)
     carry = Carry("JPEG", tuple(blocks), {"progressive": header.progressive, "cmyk": mode == "CMYK"})
     return _finish(name, fmt, mode, arrays, exif, icc_out, xmp, iptc, carry, warns=warns)
 
@@ -498,74 +507,3 @@ def _decode_tiff(data: bytes, name: str, im: Image.Image, budget: MetadataBudget
         "associated_alpha": associated,
     }
     return _finish(name, "TIFF", mode, arrays, exif, icc, xmp, iptc, Carry("TIFF", (), info), warns=warns)
-
-
-def _check_boxes(data: bytes, name: str) -> None:
-    """Top-level ISO-BMFF boxes must fit the file: libheif decodes some truncated files to garbage."""
-    pos, n = 0, len(data)
-    while pos + 8 <= n:
-        size, btype = struct.unpack_from(">I4s", data, pos)
-        if size == 1 and pos + 16 <= n:
-            size = struct.unpack_from(">Q", data, pos + 8)[0]
-        elif size == 0:
-            size = n - pos
-        if size < 8 or not all(32 <= c < 127 for c in btype):
-            raise CorruptPhotoError(name, f"invalid HEIF box {btype!r} (size {size}) at offset {pos}")
-        if pos + size > n:
-            raise TruncatedPhotoError(
-                name, f"HEIF box {btype.decode('latin1')!r} needs {pos + size} bytes, file has {n}"
-            )
-        pos += size
-
-
-def _check_heif_metadata(info: dict, budget: MetadataBudget) -> None:
-    """Metadata items as libheif hands them over (stored items, or deflate-encoded ones libheif inflated)."""
-    for key, label in (("exif", "EXIF item"), ("xmp", "XMP item"), ("icc_profile", "ICC profile")):
-        if info.get(key):
-            budget.add(f"HEIF {label}", len(info[key]))
-    for item in info.get("metadata", []) or []:
-        budget.add(f"HEIF {item.get('type') or 'metadata'} item", len(item.get("data") or b""))
-
-
-def _decode_heif(data: bytes, name: str, limit: int, budget: MetadataBudget) -> Photo:
-    if pillow_heif is None:
-        raise UnsupportedPhotoError(name, "HEIF support needs the pillow-heif package")
-    _check_boxes(data, name)
-    try:
-        heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
-        img = heif[heif.primary_index]
-        _check_size(name, img.size, limit)
-        _check_heif_metadata(img.info, budget)
-        arr = np.asarray(img)
-    except PhotoError:
-        raise
-    except Exception as exc:  # pillow-heif raises ValueError/RuntimeError/SyntaxError with libheif's text
-        raise _load_error(name, "HEIF", exc) from exc
-    info = img.info
-    mode = img.mode
-    depth = 16 if arr.dtype == np.uint16 else 8
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    channels = arr.shape[2]
-    if channels in (1, 2):
-        rgb = np.repeat(arr[:, :, :1], 3, axis=2)
-    else:
-        rgb = np.ascontiguousarray(arr[:, :, :3])
-    alpha = np.ascontiguousarray(arr[:, :, -1]) if channels in (2, 4) else None
-    exif = _tiff_of(info.get("exif"))
-    meta = [dict(m) for m in info.get("metadata", []) or []]
-    iptc = next((m["data"] for m in meta if m.get("type") == "iptc"), None)
-    others = tuple(m for m in meta if m.get("type") != "iptc")
-    carry_info = {
-        "bit_depth": info.get("bit_depth", depth),
-        "thumbnails": tuple(info.get("thumbnails", []) or ()),
-        "icc_profile_type": info.get("icc_profile_type"),
-        "nclx_profile": info.get("nclx_profile"),
-        "original_orientation": exiflib.read_orientation(exif),
-        "chroma": info.get("chroma"),
-    }
-    carry = Carry("HEIF", others, carry_info)
-    return _finish(
-        name, "HEIF", mode, (rgb, alpha, depth), exif, info.get("icc_profile") or None, info.get("xmp") or None,
-        iptc, carry, orientation_source="container",
-    )  # fmt: skip

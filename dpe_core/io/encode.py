@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from dpe_core.io import exif as exiflib
-from dpe_core.io import jpeg, png, tiff
+from dpe_core.io import jpeg, png, rgbx, tiff
 from dpe_core.io import xmp as xmplib
 from dpe_core.io.errors import MetadataError, PhotoError, UnsupportedPhotoError
 from dpe_core.io.photo import Photo, convert_depth, resize_plane
@@ -93,7 +93,7 @@ def _regenerate_thumbnail(exif: bytes, photo: Photo) -> bytes:
         tw, th = 160, 120
     if exiflib.swaps_axes(photo.orientation_applied or 1) and not photo.pixels_changed:
         tw, th = th, tw
-    src = Image.fromarray(convert_depth(photo.pixels, np.uint8))
+    src = rgbx.to_pil(convert_depth(photo.pixels, np.uint8))
     box = max(tw, th)
     for scale in (1.0, 0.75, 0.5, 0.35, 0.25):
         thumb = src.copy()
@@ -157,7 +157,8 @@ def _encode_jpeg(photo, rgb, alpha, gray, exif, xmp, quality, subsampling, same)
     if alpha is not None:
         rgb = _flatten_on_white(rgb, alpha)
     rgb8 = convert_depth(rgb, np.uint8)
-    img = Image.fromarray(_luma(rgb8), mode="L") if gray else Image.fromarray(rgb8, mode="RGB")
+    # RGB: the pixels' own RGBX buffer when they are the view of one (decoded or enhanced here), no copy.
+    img = Image.fromarray(_luma(rgb8), mode="L") if gray else rgbx.to_pil(rgb8)
     progressive = bool(same and photo.carry.info.get("progressive"))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality, subsampling=SUBSAMPLING[subsampling], progressive=progressive)
