@@ -21,23 +21,27 @@ MAX_FAILURES_LISTED = 50
 
 
 class Progress:
-    """A progress artifact updated as shards finish (best effort: a failed API call never fails the run)."""
+    """A progress artifact updated as photos finish (flows/progress.py; best effort: a failed API call never fails
+    the run). Its description is the title, then the latest counts, rate and time left when given."""
 
     def __init__(self, description: str):
         self.id = None
-        self.last = -1.0
+        self.title = description
+        self.last: tuple[float, str | None] = (-1.0, None)
         try:
             self.id = create_progress_artifact(progress=0.0, description=description)
         except Exception:  # pragma: no cover - API hiccup
             self.id = None
 
-    def update(self, fraction: float) -> None:
+    def update(self, fraction: float, status: str | None = None) -> None:
+        """Set the percentage (and the status line under the title)."""
         percent = round(100.0 * max(0.0, min(1.0, fraction)), 1)
-        if self.id is None or percent == self.last:
+        if self.id is None or (percent, status) == self.last:
             return
         try:
-            update_progress_artifact(self.id, progress=percent)
-            self.last = percent
+            update_progress_artifact(self.id, progress=percent,
+                                     description=f"{self.title}: {status}" if status else None)
+            self.last = (percent, status)
         except Exception:  # pragma: no cover
             pass
 

@@ -24,7 +24,6 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from flows.params import (
@@ -213,28 +212,12 @@ def enhance(
     _precheck_model(params.model, params.registry_url or default_registry())
 
     with prefect_api(verbose):
-        from flows import enhance as enhance_module
+        from flows.cli_progress import RunDisplay
+        from flows.enhance import enhance_archive
 
-        bar = Progress(TextColumn("[bold]enhance[/bold]"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                       console=console, transient=False, disable=not console.is_terminal and not verbose)
-        task_id = bar.add_task("enhance", total=None, status="listing ...")
-        failed = {"n": 0}
-
-        def listener(event: dict[str, Any]) -> None:
-            if event["event"] == "planned":
-                bar.update(task_id, total=event["total"], completed=event["total"] - event["todo"],
-                           status=f"{event['skipped']} already done")
-            elif event["event"] == "shard":
-                failed["n"] += event["error"]
-                bar.update(task_id, completed=event["done"], status=f"{failed['n']} failed" if failed["n"] else "")
-
-        enhance_module.PROGRESS_LISTENERS.append(listener)
-        try:
-            with bar:
-                state = _run_flow(enhance_module.enhance_archive, params)
-        finally:
-            enhance_module.PROGRESS_LISTENERS.remove(listener)
+        # The run's UI address when it starts; a bar per photo in a terminal, else a line every N seconds.
+        with RunDisplay(console, "enhance", "photos"):
+            state = _run_flow(enhance_archive, params)
     summary = _finish(state, "enhance run")
     _print_enhance_summary(summary, json_summary)
     raise typer.Exit(EXIT_FAILED_FILES if summary["counts"].get("error") else EXIT_OK)
@@ -341,9 +324,10 @@ def ingest(
     _precheck_source(params.source_url)
     _precheck_destinations(params.source_url, params.destinations())
     with prefect_api(verbose):
+        from flows.cli_progress import RunDisplay
         from flows.ingest import ingest_dataset
 
-        with console.status("ingesting ..."):
+        with RunDisplay(console, "ingest", "files"):
             state = _run_flow(ingest_dataset, params)
     summary = _finish(state, "ingest run")
     if json_summary:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +25,9 @@ from flows.artifacts import Progress, counts_table, publish_summary, summary_mar
 from flows.cluster import ClusterInfo, dask_cluster
 from flows.outcome import counts_words, final_state, log_failures, na
 from flows.params import EnhanceParams, default_registry
+from flows.progress import LISTENERS as PROGRESS_LISTENERS  # noqa: F401  (the CLI's listeners: flows/progress.py)
+from flows.progress import RunProgress, announce_run
+from flows.progress import emit as _emit
 from tasks.enhance import EnhanceJob, Shard, ShardResult, enhance_shard
 from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
 from tasks.lease import DestinationLock, describe
@@ -39,16 +41,7 @@ from tasks.storage import STORAGE_RETRIES, list_inputs, read_destination
 from tasks.storage_options import use_storage_block
 from tasks.writer import GuardedWriter
 
-# In-process listeners (the CLI's progress bar): called with small event dicts; never part of parameters.
-PROGRESS_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
-
 FILE_COST_BYTES = 200_000  # per-photo fixed cost (decode set-up, model call, write) in byte units for balancing
-
-
-def _emit(event: dict[str, Any]) -> None:
-    for listener in list(PROGRESS_LISTENERS):
-        with contextlib.suppress(Exception):
-            listener(event)
 
 
 MAX_AUTO_SHARD = 256  # photos: a worker that dies loses (and Dask re-runs) at most one shard
@@ -175,15 +168,15 @@ def release_future(future) -> None:
             wrapped.release()
 
 
-def run_shards(shards: list[Shard], job: EnhanceJob, cluster: ClusterInfo, progress: Progress, total: int,
-               already: int) -> tuple[list[dict[str, Any]], list[ShardResult], float]:
-    """Submit every shard through a DaskTaskRunner(address=...) and collect results as they finish."""
+def run_shards(shards: list[Shard], job: EnhanceJob, cluster: ClusterInfo, progress: RunProgress,
+               ) -> tuple[list[dict[str, Any]], list[ShardResult], float]:
+    """Submit every shard through a DaskTaskRunner(address=...) and collect results as they finish; progress
+    counts photos as the workers report them and takes each shard's records when it returns."""
     import dask
 
     logger = get_run_logger()
     records: list[dict[str, Any]] = []
     results: list[ShardResult] = []
-    done = already
     started = time.perf_counter()
     with cluster.task_runner() as runner:
         annotate = dask.annotate(resources={"GPU": 1}) if cluster.use_gpu else contextlib.nullcontext()
@@ -205,9 +198,8 @@ def run_shards(shards: list[Shard], job: EnhanceJob, cluster: ClusterInfo, progr
             finally:
                 release_future(future)
             records.extend(shard_records)
-            done += len(shard.items)
-            progress.update(done / total if total else 1.0)
-            _emit({"event": "shard", "done": done, "total": total, "shard": shard.index,
+            progress.shard_done(shard.index, shard_records)
+            _emit({"event": "shard", "done": progress.snapshot()["done"], "total": progress.total, "shard": shard.index,
                    "ok": sum(r["status"] == "ok" for r in shard_records),
                    "error": sum(r["status"] == "error" for r in shard_records)})
     return records, results, time.perf_counter() - started
@@ -218,6 +210,7 @@ def enhance_archive(params: EnhanceParams) -> dict[str, Any]:
     """Refuse a destination that is the source (or inside it, or holding it), take the destination's lock
     (tasks/lease.py: a second run waits up to lock_wait_s, then fails with DestinationLocked: CLI exit 3), run."""
     logger = get_run_logger()
+    announce_run("enhance")
     use_storage_block(params.storage_block)
     # Before any work: a destination that is the source, lies in it or holds it (symlinks, '..', file://, s3a://
     # ...) is refused (DestinationError: the CLI exits with 2).
@@ -281,7 +274,9 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
             n_shards = shard_count(len(the_plan.todo), cluster_info.inference_workers, params.shard_size)
             shards = make_shards(the_plan.todo, n_shards, params.previews)
             logger.info("%d shards of ~%d photos", len(shards), math.ceil(len(the_plan.todo) / max(1, n_shards)))
-            new_records, results, phase_s = run_shards(shards, job, cluster_info, progress, total, done_before)
+            with RunProgress(job.records_url, total, done_before, client=client, artifact=progress,
+                             log=logger.info) as live:
+                new_records, results, phase_s = run_shards(shards, job, cluster_info, live)
             records.extend(new_records)
 
     counts: dict[str, int] = {"ok": 0, "skipped": 0, "error": 0}

@@ -17,15 +17,17 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 
-from flows.artifacts import publish_summary
+from flows.artifacts import Progress, publish_summary
 from flows.cluster import dask_cluster
 from flows.outcome import final_state, log_failures
 from flows.params import IngestParams
+from flows.progress import RunProgress, announce_run, emit
 from tasks.ingest import COPIES_DIR, IngestJob, IngestResult, IngestShard, copy_rel, ingest_shard
 from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
 from tasks.listing import FileEntry, Listing, list_sizes
@@ -85,6 +87,7 @@ def _reusable(entry: FileEntry, old: dict[str, Any] | None, settings: dict[str, 
 @flow(name="ingest-dataset", description="Validate photos into a dataset manifest; optional training copies.")
 def ingest_dataset(params: IngestParams) -> dict[str, Any]:
     logger = get_run_logger()
+    announce_run("ingest")
     started = time.perf_counter()
     use_storage_block(params.storage_block)
     # Before any work: the dataset and its copies folder may be neither the source, in it, nor hold it.
@@ -102,6 +105,8 @@ def ingest_dataset(params: IngestParams) -> dict[str, Any]:
     logger.info("%d files under %s: %d to check, %d unchanged since the last ingest, %d refused, %d not read",
                 len(listing.entries) + len(listing.left_out), params.source_url, len(todo), len(reused),
                 len(conflicts), len(listing.left_out))
+    total = len(listing.entries) + len(listing.left_out)
+    emit({"event": "planned", "total": total, "todo": len(todo), "skipped": total - len(todo)})
     records: list[dict[str, Any]] = [r | {"reused": True} for r in reused]
     records += [{"path": e.rel, "url": e.url, "bytes": e.size, "version": e.version, "status": "invalid",
                  "reason": conflicts[e.rel]} for e in listing.entries if e.rel in conflicts]
@@ -111,8 +116,14 @@ def ingest_dataset(params: IngestParams) -> dict[str, Any]:
         job = IngestJob(copies_url=copies_url(params.dest_url) if params.copies else None,
                         dest_url=params.dest_url, source_url=params.source_url,
                         copy_size=params.copy_size, copy_format=params.copy_format, min_side=params.min_side,
-                        max_pixels=params.max_pixels, storage_block=params.storage_block)
-        with dask_cluster(params) as (cluster, _client):
+                        max_pixels=params.max_pixels, storage_block=params.storage_block,
+                        progress_key=f"ingest-{uuid.uuid4().hex}")
+        artifact = None
+        with contextlib.suppress(Exception):  # reporting only
+            artifact = Progress(f"Ingesting {params.source_url} -> {params.dest_url}")
+        with dask_cluster(params) as (cluster, client), \
+                RunProgress(job.progress_key, total, total - len(todo), client=client, artifact=artifact,
+                            log=logger.info, unit="files", job="ingest") as progress:
             size = params.shard_size or max(8, min(512, math.ceil(len(todo) / (3 * cluster.workers))))
             shards = [IngestShard(index=i, entries=[e.to_dict() for e in todo[start:start + size]])
                       for i, start in enumerate(range(0, len(todo), size))]
@@ -123,12 +134,14 @@ def ingest_dataset(params: IngestParams) -> dict[str, Any]:
                     shard = futures[future]
                     try:
                         result: IngestResult = future.result()
-                        records.extend(r | {"settings": settings} for r in result.records)
+                        shard_records = [r | {"settings": settings} for r in result.records]
                     except Exception as exc:  # a lost worker: its files are reported, the run goes on
                         reason = f"shard {shard.index} failed: {type(exc).__name__}: {exc}"
                         logger.error(reason)
-                        records.extend({"path": e["rel"], "url": e["url"], "bytes": e["size"], "status": "invalid",
-                                        "reason": reason} for e in shard.entries)
+                        shard_records = [{"path": e["rel"], "url": e["url"], "bytes": e["size"],
+                                          "status": "invalid", "reason": reason} for e in shard.entries]
+                    records.extend(shard_records)
+                    progress.shard_done(shard.index, shard_records, ok="valid")
     records.sort(key=lambda r: r["path"])
     first_by_hash: dict[str, str] = {}
     for record in records:

@@ -30,6 +30,7 @@ from tasks.jsonl import dumps_jsonl, now_iso, read_json, read_jsonl
 from tasks.listing import read_input, source_place
 from tasks.paths import join
 from tasks.plan import WorkItem, format_for_output
+from tasks.progress import ShardProgress
 from tasks.retry import with_storage_retries
 from tasks.storage_options import use_storage_block
 from tasks.writer import GuardedWriter, guarded_writer
@@ -220,8 +221,9 @@ class ShardLedger:
     failed instead of dying on it a third time.
     """
 
-    def __init__(self, shard: Shard, job: EnhanceJob, worker: str):
+    def __init__(self, shard: Shard, job: EnhanceJob, worker: str, progress: ShardProgress | None = None):
         self.shard, self.job, self.worker = shard, job, worker
+        self.progress = progress  # per-photo progress to the flow (tasks/progress.py), throttled there
         self.url = join(job.records_url, f"shard-{shard.index:05d}.jsonl")
         self.marker_url = join(job.records_url, f"shard-{shard.index:05d}.attempt.json")
         self.records: list[dict[str, Any]] = []
@@ -249,6 +251,8 @@ class ShardLedger:
             self.first_output = time.time()
         self.records.append(record)
         self.checkpoint(force=self.careful)
+        if self.progress is not None:
+            self.progress.update(self.records)
 
     def fail(self, item: WorkItem, reason: str) -> None:
         self.finish(self.base(item) | {"status": "error", "reason": reason}, {}, time.perf_counter())
@@ -452,7 +456,7 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
     started = time.time()
     t_start = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    ledger = ShardLedger(shard, job, worker)
+    ledger = ShardLedger(shard, job, worker, ShardProgress(job.records_url, shard.index))
     previews: list[dict[str, str]] = []
     enhancer, model_error, model_wait = _load_enhancer(job, enhancer_factory)
     items = ledger.resume([WorkItem(**d) for d in shard.items])
@@ -474,6 +478,8 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
             peak = pipeline.peak
     ledger.working_on(None)
     ledger.checkpoint(force=True)
+    if ledger.progress is not None:
+        ledger.progress.update(ledger.records, force=True)
     release_free_memory()
     return ShardResult(index=shard.index, records=ledger.records, started=started, finished=time.time(),
                        busy_s=time.perf_counter() - t_start, model_wait_s=model_wait, worker=worker,

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.listing import FileEntry, read_input, source_place
+from tasks.progress import ShardProgress
 from tasks.retry import with_storage_retries
 from tasks.storage_options import use_storage_block
 from tasks.writer import guarded_writer
@@ -41,6 +42,7 @@ class IngestJob(BaseModel):
     min_side: int = 32
     max_pixels: int | None = None
     storage_block: str | None = None
+    progress_key: str = ""  # the run's key in per-file progress events (tasks/progress.py); "": none sent
 
 
 class IngestShard(BaseModel):
@@ -147,7 +149,12 @@ def ingest_one(entry: FileEntry, job: IngestJob) -> dict[str, Any]:
 def process_ingest_shard(shard: IngestShard, job: IngestJob) -> IngestResult:
     use_storage_block(job.storage_block)
     started = time.perf_counter()
-    records = [ingest_one(FileEntry(**e), job) for e in shard.entries]
+    progress = ShardProgress(job.progress_key, shard.index, ok="valid")
+    records: list[dict[str, Any]] = []
+    for entry in shard.entries:
+        records.append(ingest_one(FileEntry(**entry), job))
+        progress.update(records)
+    progress.update(records, force=True)
     return IngestResult(index=shard.index, records=records, busy_s=time.perf_counter() - started,
                         worker=f"{socket.gethostname()}:{os.getpid()}")
 

@@ -1,0 +1,233 @@
+"""A run's progress as the people following it see it: per photo, with a steady rate and time left.
+
+The Dask workers report each shard's finished photos as events (``tasks/progress.py``); ``RunProgress`` subscribes
+to them through the flow's management client, sums them per shard and, every ``TICK_S`` on a thread of its own,
+hands a snapshot to the in-process listeners (the CLI's bar or its log lines), updates the Prefect progress
+artifact (at most every ``ARTIFACT_EVERY_S``) and logs one line every ``progress_every_s()`` seconds (the run's
+logs in the UI, a worker's log, cron mail): ``12/46 photos (26%), 0 failed, 2.31 photos/s, about 15 s left``.
+
+Rate and time left come from the photos finished in the last ``RATE_WINDOW_S`` seconds (the whole phase until the
+window has filled), counted from the first photo's report: model loading and photos skipped as already done do
+not skew them.
+
+Also here: the in-process listener registry (``LISTENERS``, ``emit``) and ``announce_run``, which tells listeners
+the run's UI address as soon as the flow starts. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tasks.progress import TOPIC
+
+# In-process listeners (the CLI): called with small event dicts; never part of a flow's parameters.
+LISTENERS: list[Callable[[dict[str, Any]], None]] = []
+
+TICK_S = 0.5
+ARTIFACT_EVERY_S = 2.0
+RATE_WINDOW_S = 60.0
+DEFAULT_PROGRESS_EVERY_S = 30.0
+
+
+def emit(event: dict[str, Any]) -> None:
+    """Hand an event to every in-process listener (a failing listener is ignored)."""
+    for listener in list(LISTENERS):
+        with contextlib.suppress(Exception):
+            listener(event)
+
+
+def progress_every_s() -> float:
+    """Seconds between two progress log lines: $DPE_PROGRESS_EVERY_S, default 30."""
+    try:
+        value = float(os.environ.get("DPE_PROGRESS_EVERY_S", DEFAULT_PROGRESS_EVERY_S))
+    except ValueError:
+        return DEFAULT_PROGRESS_EVERY_S
+    return value if value > 0 else DEFAULT_PROGRESS_EVERY_S
+
+
+def run_ui_url(flow_run_id: Any) -> str | None:
+    """The Prefect UI page of a flow run (PREFECT_UI_URL, else derived from the API URL), None without an API."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    ui = settings.ui_url or (settings.api.url.removesuffix("/").removesuffix("/api") if settings.api.url else None)
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}" if ui else None
+
+
+def announce_run(job: str) -> None:
+    """Tell listeners which flow run this is and where the UI shows it (event "started")."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    emit({"event": "started", "job": job, "flow_run_id": str(ctx.flow_run.id), "name": ctx.flow_run.name,
+          "url": run_ui_url(ctx.flow_run.id)})
+
+
+def duration(seconds: float | None) -> str:
+    """'45 s', '3 min 20 s', '2 h 05 min' ('n/a' for None)."""
+    if seconds is None:
+        return "n/a"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def describe(snapshot: dict[str, Any], unit: str = "photos") -> str:
+    """One line for a person: done/total (percent), failed, rate, time left."""
+    total, done = snapshot["total"], snapshot["done"]
+    percent = 100.0 * done / total if total else 100.0
+    rate = snapshot.get("rate")
+    left = snapshot.get("eta_s")
+    return (f"{done}/{total} {unit} ({percent:.0f}%), {snapshot['failed']} failed, "
+            f"{f'{rate:.2f}' if rate else 'n/a'} {unit}/s, "
+            + ("about " + duration(left) + " left" if left is not None else "time left n/a"))
+
+
+class RateEstimate:
+    """Items per second over the last window seconds, counted from the first reported item."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S, min_span_s: float = 3.0):
+        self.window_s, self.min_span_s = window_s, min_span_s
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, t: float, n: int) -> None:
+        """Record that n items were done by time t (n never decreases)."""
+        if self.samples and n <= self.samples[-1][1]:
+            return
+        self.samples.append((t, n))
+        # keep one sample at or before the window's start as the anchor
+        while len(self.samples) > 2 and self.samples[1][0] <= t - self.window_s:
+            self.samples.popleft()
+
+    def rate(self, now: float) -> float | None:
+        """None until min_span_s have passed since the first report (a first burst is not a rate)."""
+        if len(self.samples) < 2:
+            return None
+        t0, n0 = self.samples[0]
+        _, n1 = self.samples[-1]
+        return (n1 - n0) / (now - t0) if now - t0 >= self.min_span_s and n1 > n0 else None
+
+
+class RunProgress:
+    """Progress of one run from its workers' per-photo events: a context manager around the shard phase.
+
+    run: the key the workers' events carry (the shards' ``ShardProgress(run=...)``); total: items of the run;
+    already: items done before this phase (skipped as done); artifact: an ``flows.artifacts.Progress`` or None;
+    client: the distributed Client to subscribe with (None: only finished shards count); log: a logger's info."""
+
+    def __init__(self, run: str, total: int, already: int, *, client: Any = None, artifact: Any = None,
+                 log: Callable[..., None] | None = None, unit: str = "photos", job: str = "enhance",
+                 log_every_s: float | None = None, tick_s: float = TICK_S):
+        self.run, self.total, self.already, self.unit, self.job = run, total, already, unit, job
+        self.client, self.artifact, self.log = client, artifact, log
+        self.log_every_s = log_every_s if log_every_s is not None else progress_every_s()
+        self.tick_s = tick_s
+        self._lock = threading.Lock()
+        self._live: dict[int, dict[str, int]] = {}
+        self._final: dict[int, dict[str, int]] = {}
+        self._rate = RateEstimate()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_emitted: tuple | None = None
+        self._last_artifact = float("-inf")
+        self._last_log = time.monotonic()
+        self.started = time.monotonic()
+        self.events = 0  # workers' events taken (for tests and the curious)
+
+    # -------------------------------------------------------------------------------------------- inputs
+
+    def on_event(self, event: Any) -> None:
+        """A Dask event ``(timestamp, msg)`` from tasks.progress (other runs' events are ignored)."""
+        msg = event[1] if isinstance(event, tuple | list) and len(event) == 2 else event
+        if not isinstance(msg, dict) or msg.get("run") != self.run:
+            return
+        try:
+            shard, counts = int(msg["shard"]), {k: int(msg[k]) for k in ("done", "ok", "error")}
+        except (KeyError, TypeError, ValueError):
+            return
+        with self._lock:
+            self.events += 1
+            if shard in self._final:
+                return
+            previous = self._live.get(shard)
+            if previous is None or counts["done"] >= previous["done"]:
+                self._live[shard] = counts
+
+    def shard_done(self, shard: int, records: list[dict[str, Any]], ok: str = "ok") -> None:
+        """A shard's task returned (or was given up): its records replace whatever its events said."""
+        from tasks.progress import counts_of
+
+        with self._lock:
+            self._final[shard] = counts_of(records, ok)
+            self._live.pop(shard, None)
+
+    # -------------------------------------------------------------------------------------------- outputs
+
+    def snapshot(self) -> dict[str, Any]:
+        """{"done", "total", "ok", "failed", "rate", "eta_s", "elapsed_s"} now."""
+        now = time.monotonic()
+        with self._lock:
+            parts = list(self._final.values()) + list(self._live.values())
+            done_here = sum(p["done"] for p in parts)
+            if done_here:
+                self._rate.add(now, done_here)
+            rate = self._rate.rate(now)
+        left = self.total - self.already - done_here
+        return {"done": self.already + done_here, "total": self.total, "ok": sum(p["ok"] for p in parts),
+                "failed": sum(p["error"] for p in parts), "rate": round(rate, 3) if rate else None,
+                "eta_s": round(left / rate, 1) if rate and left > 0 else (0.0 if left <= 0 else None),
+                "elapsed_s": round(now - self.started, 1)}
+
+    def tick(self, final: bool = False) -> dict[str, Any]:
+        """Emit the snapshot when it changed; the artifact and the log line when they are due."""
+        snap = self.snapshot()
+        key = (snap["done"], snap["failed"], snap["eta_s"] is None)
+        now = time.monotonic()
+        if key != self._last_emitted or final:
+            self._last_emitted = key
+            emit({"event": "progress", "job": self.job, "unit": self.unit, "final": final} | snap)
+        if self.artifact is not None and (final or now - self._last_artifact >= ARTIFACT_EVERY_S):
+            self._last_artifact = now
+            self.artifact.update(snap["done"] / self.total if self.total else 1.0, describe(snap, self.unit))
+        if self.log is not None and not final and now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            self.log("progress: %s", describe(snap, self.unit))
+        return snap
+
+    # -------------------------------------------------------------------------------------------- lifetime
+
+    def __enter__(self) -> RunProgress:
+        if self.client is not None:
+            with contextlib.suppress(Exception):  # no events: progress still moves shard by shard
+                self.client.subscribe_topic(TOPIC, self.on_event)
+        context = contextvars.copy_context()  # the flow run's Prefect context (logger, API settings)
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), name="dpe-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            with contextlib.suppress(Exception):
+                self.tick()
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(TOPIC)
+        with contextlib.suppress(Exception):
+            self.tick(final=True)

@@ -1,0 +1,62 @@
+"""The arithmetic of per-photo progress (flows/progress.py, tasks/progress.py): what the bar, the log lines and the
+artifact show when workers' events arrive late, twice, out of order, from other runs, or not at all."""
+
+from __future__ import annotations
+
+from flows.progress import RateEstimate, RunProgress, describe, duration
+from tasks.progress import ShardProgress, counts_of
+
+
+def _event(run: str, shard: int, done: int, ok: int | None = None, error: int = 0):
+    return (1.0, {"run": run, "shard": shard, "done": done, "ok": done - error if ok is None else ok,
+                  "error": error})
+
+
+def test_events_sum_per_shard_and_a_finished_shard_counts_its_records():
+    progress = RunProgress("run-a", total=20, already=4)
+    progress.on_event(_event("run-a", 0, 3))
+    progress.on_event(_event("run-a", 1, 2, error=1))
+    progress.on_event(_event("run-b", 0, 9))  # another run on the same scheduler
+    progress.on_event(_event("run-a", 0, 2))  # late, older report of shard 0
+    progress.on_event((1.0, "not ours"))
+    snap = progress.snapshot()
+    assert (snap["done"], snap["ok"], snap["failed"]) == (4 + 3 + 2, 4, 1)
+
+    records = [{"status": "ok"}] * 7 + [{"status": "error"}]
+    progress.shard_done(0, records)  # the task's records replace its events
+    progress.on_event(_event("run-a", 0, 5))  # a straggler after the result: ignored
+    snap = progress.snapshot()
+    assert (snap["done"], snap["ok"], snap["failed"]) == (4 + 8 + 2, 7 + 1, 1 + 1)
+
+
+def test_rate_needs_a_few_seconds_and_uses_the_recent_window():
+    rate = RateEstimate(window_s=10, min_span_s=3)
+    rate.add(100.0, 1)
+    rate.add(100.5, 4)  # a first burst (both workers' first photos) is not a rate yet
+    assert rate.rate(101.0) is None
+    for t in range(1, 30):
+        rate.add(100.0 + t, 4 + 2 * t)  # then 2 photos/s
+    assert abs(rate.rate(129.0) - 2.0) < 0.1
+
+
+def test_describe_and_duration_read_like_a_sentence():
+    assert duration(None) == "n/a" and duration(7.4) == "7 s" and duration(125) == "2 min 05 s"
+    assert duration(3 * 3600 + 60 * 7) == "3 h 07 min"
+    line = describe({"done": 12, "total": 46, "failed": 1, "rate": 2.314, "eta_s": 14.7})
+    assert line == "12/46 photos (26%), 1 failed, 2.31 photos/s, about 15 s left"
+    assert describe({"done": 0, "total": 3, "failed": 0, "rate": None, "eta_s": None}, "files") == (
+        "0/3 files (0%), 0 failed, n/a files/s, time left n/a")
+
+
+def test_shard_progress_is_throttled_and_cumulative():
+    sent = []
+    progress = ShardProgress("run-a", 3, every_s=60, send=sent.append)
+    records = []
+    for status in ["ok", "error", "ok", "ok"]:
+        records.append({"status": status})
+        progress.update(records)
+    progress.update(records, force=True)
+    assert sent == [{"run": "run-a", "shard": 3, "done": 1, "ok": 1, "error": 0},
+                    {"run": "run-a", "shard": 3, "done": 4, "ok": 3, "error": 1}]
+    assert counts_of([{"status": "valid"}, {"status": "invalid"}], ok="valid") == {"done": 2, "ok": 1, "error": 1}
+    assert ShardProgress("run-a", 0).send is None  # outside a Dask worker nothing is sent
