@@ -88,10 +88,25 @@ def quality(
 @app.command()
 def server(
     port: int | None = typer.Option(None, help="Port (default 4200 when free, else any free port)."),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: every interface)."),
+    ui_api_url: str | None = typer.Option(None, "--ui-api-url",
+                                          help="API address browsers use (default: $PREFECT_UI_API_URL; with "
+                                               "--host 0.0.0.0, http://<this machine's name>:PORT/api)."),
 ) -> None:
     """Start a local Prefect server with its UI (SQLite under the dpe home); Ctrl-C stops it."""
-    from flows.server import ServerError, clear_record, free_port, running_server, start_local_server, write_record
+    import os
+    import socket
+
+    from flows.server import (
+        WILDCARD_HOSTS,
+        ServerError,
+        clear_record,
+        free_port,
+        loopback_for,
+        running_server,
+        start_local_server,
+        write_record,
+    )
 
     home = dpe_home()
     existing = running_server(home)
@@ -100,19 +115,21 @@ def server(
         out.print(f"a dpe Prefect server is already running: {ui}")
         return
     if port is None:
-        import socket
-
         with socket.socket() as sock:
-            port = 4200 if sock.connect_ex((host, 4200)) != 0 else free_port(host)
+            port = 4200 if sock.connect_ex((loopback_for(host), 4200)) != 0 else free_port(loopback_for(host))
+    # A browser on another machine must be sent to an address it can reach, not to 0.0.0.0 or loopback.
+    ui_api_url = ui_api_url or os.environ.get("PREFECT_UI_API_URL") or (
+        f"http://{socket.getfqdn()}:{port}/api" if host in WILDCARD_HOSTS else None)
     _term_as_interrupt()
     try:
-        srv = start_local_server(home, port=port, host=host, services=True)
+        srv = start_local_server(home, port=port, host=host, services=True, ui_api_url=ui_api_url)
     except ServerError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_RUN_FAILED) from None
     write_record(home, srv)
     out.print(f"Prefect UI: {srv.ui_url}")
-    out.print(f"API: {srv.api_url}   (export PREFECT_API_URL={srv.api_url} to use it from elsewhere)")
+    out.print(f"API: {srv.ui_api_url or srv.api_url}   (export PREFECT_API_URL={srv.ui_api_url or srv.api_url} "
+              f"to use it from elsewhere)")
     out.print(f"started in {srv.start_s:.1f} s; log {srv.log_path}; Ctrl-C to stop")
     sys.stdout.flush()
     try:

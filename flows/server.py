@@ -58,10 +58,13 @@ class LocalServer:
     start_s: float = 0.0
     started_here: bool = True
     _log_file: object = field(default=None, repr=False)
+    ui_api_url: str | None = None  # the API address the UI's browser uses (PREFECT_UI_API_URL), when not api_url
 
     @property
     def ui_url(self) -> str:
-        return self.api_url[: -len("/api")] if self.api_url.endswith("/api") else self.api_url
+        """The UI's address for a browser (from ui_api_url when given)."""
+        url = self.ui_api_url or self.api_url
+        return url[: -len("/api")] if url.endswith("/api") else url
 
     def stop(self, grace_s: float = 15.0, keep_log: bool = False) -> None:
         """Terminate (then kill after grace_s); the log file is removed after a clean stop unless keep_log."""
@@ -88,36 +91,57 @@ class LocalServer:
         self.stop()
 
 
-def server_env(home: Path, host: str, port: int) -> dict[str, str]:
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def loopback_for(host: str) -> str:
+    """The address this machine reaches a server listening on host with (wildcards: loopback)."""
+    if host in WILDCARD_HOSTS:
+        return "::1" if host == "::" else "127.0.0.1"
+    return host
+
+
+def _http_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def server_env(home: Path, host: str, port: int, ui_api_url: str | None = None) -> dict[str, str]:
+    """The server's environment: SQLite under home, analytics off, PREFECT_UI_API_URL = ui_api_url (default: the
+    listening address, or loopback for a wildcard host)."""
     prefect_home = home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_API_URL")}
     return env | {
         "PREFECT_HOME": str(prefect_home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": f"http://{host}:{port}/api",
+        "PREFECT_UI_API_URL": ui_api_url or f"http://{_http_host(loopback_for(host))}:{port}/api",
         "PREFECT_SERVER_API_HOST": host,
         "PREFECT_SERVER_API_PORT": str(port),
     }
 
 
 def start_local_server(home: str | Path, port: int | None = None, host: str = "127.0.0.1", services: bool = True,
-                       timeout_s: float = 180.0, die_with_parent: bool = True) -> LocalServer:
-    """Start `prefect server start` on host:port (a free port by default) and wait until /api/health answers."""
+                       timeout_s: float = 180.0, die_with_parent: bool = True,
+                       ui_api_url: str | None = None) -> LocalServer:
+    """Start `prefect server start` on host:port (a free port by default) and wait until /api/health answers.
+
+    ui_api_url: the API address a browser uses (PREFECT_UI_API_URL; a server on 0.0.0.0 needs the machine's
+    name there for browsers elsewhere). The returned api_url is for this machine (loopback for a wildcard host)."""
     home = Path(home).expanduser()
     home.mkdir(parents=True, exist_ok=True)
-    port = port or free_port(host)
-    api_url = f"http://{host}:{port}/api"
+    port = port or free_port(loopback_for(host))
+    api_url = f"http://{_http_host(loopback_for(host))}:{port}/api"
     log_path = home / f"prefect-server-{port}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115  (closed by LocalServer.stop)
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
     if not services:
         command.append("--no-services")
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=server_env(home, host, port), stdout=log_file, stderr=subprocess.STDOUT,
+    env = server_env(home, host, port, ui_api_url)
+    process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent if die_with_parent else None)
-    server = LocalServer(process, api_url, home, log_path, _log_file=log_file)
+    server = LocalServer(process, api_url, home, log_path, _log_file=log_file, ui_api_url=env["PREFECT_UI_API_URL"])
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
