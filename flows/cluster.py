@@ -224,7 +224,8 @@ def gpu_worker_names(client, workers: dict[str, Any] | None = None) -> dict[str,
 def min_gpu_workers(params: ClusterParams) -> int:
     """GPU workers a run waits for before planning its shards: params.min_gpu_workers when set, else dask's
     configuration ``dpe.min-gpu-workers`` (set once for a GPU cluster: DASK_CONFIG file or the environment
-    variable DASK_DPE__MIN_GPU_WORKERS), else 1 with device=cuda and 0 otherwise. device=cpu: 0."""
+    variable DASK_DPE__MIN_GPU_WORKERS), else 0 (no wait: device=cuda then stops at once when no worker offers
+    GPU). device=cpu: 0."""
     import dask
 
     if params.device == "cpu":
@@ -232,7 +233,7 @@ def min_gpu_workers(params: ClusterParams) -> int:
     wanted = getattr(params, "min_gpu_workers", None)
     if wanted is None:
         wanted = int(dask.config.get("dpe.min-gpu-workers", 0) or 0)
-    return max(wanted, 1 if params.device == "cuda" else 0)
+    return max(0, wanted)
 
 
 def wait_for_gpu_workers(client, count: int, timeout_s: float, poll_s: float = 0.5,
@@ -345,7 +346,8 @@ def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> It
             gpus = {}
         elif params.device == "cuda" and not gpus:
             raise ClusterError("device=cuda but no Dask worker offers the resource GPU "
-                               "(start workers with `dask worker --resources GPU=1`)")
+                               "(start workers with `dask worker --resources GPU=1`, or set min_gpu_workers "
+                               "to wait for them)")
         elif not gpus and params.dask_address:
             logger.warning("no Dask worker declares the resource GPU: device=auto runs on the CPU workers (set "
                            "min_gpu_workers, or dpe.min-gpu-workers in the flow's dask config, to wait for GPU "

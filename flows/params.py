@@ -77,7 +77,7 @@ TorchThreads = Annotated[int | None, Field(
 DeviceField = Annotated[Device, Field(description="auto: GPU workers when the cluster has them, else CPU.")]
 MinGpuWorkers = Annotated[int | None, Field(
     ge=0, le=4096, description="Wait for this many Dask workers declaring the resource GPU before planning "
-                               "(default: dask config dpe.min-gpu-workers, else 1 with device=cuda, else 0).")]
+                               "(default: dask config dpe.min-gpu-workers, else 0: no wait).")]
 GpuWaitS = Annotated[float, Field(ge=0, le=86400, description="How long to wait for them (s), then fail.")]
 DaskSecurity = Annotated[str | None, Field(
     description="TLS for a tls:// scheduler: path to a YAML/JSON file with Security keywords (tls_ca_file, "

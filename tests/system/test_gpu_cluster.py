@@ -166,14 +166,16 @@ def _plugin_names(client) -> list[str]:
 
 
 def test_no_gpu_worker_in_time_stops_with_a_clear_error(cluster, prefect_server):
+    """Set once for the cluster in the flow runner's dask config (dpe.min-gpu-workers), not per run."""
+    import dask
+
     from flows.cluster import ClusterError, dask_cluster
     from flows.params import EnhanceParams
 
     _, address = cluster
-    params = EnhanceParams(source_url="/nowhere/src", dest_url="/nowhere/dst", dask_address=address,
-                           min_gpu_workers=5, gpu_wait_s=2)
+    params = EnhanceParams(source_url="/nowhere/src", dest_url="/nowhere/dst", dask_address=address, gpu_wait_s=2)
     started = time.monotonic()
-    with pytest.raises(ClusterError) as failed:
+    with pytest.raises(ClusterError) as failed, dask.config.set({"dpe.min-gpu-workers": 5}):
         with dask_cluster(params):
             pass
     assert time.monotonic() - started < 60
@@ -384,3 +386,46 @@ def test_workers_keep_their_environment_when_the_spec_replaces_env(prefect_serve
     finally:
         cluster.close()
     assert seen == {"PREFECT_API_URL": prefect_server.api_url, "CUDA_VISIBLE_DEVICES": "0", "DPE_PROBE": "kept"}
+
+
+def test_gpu_worker_script_starts_one_pinned_gpu_worker_per_device_keeping_the_environment(cluster, worker_env,
+                                                                                             s3_endpoint):
+    import signal
+
+    from distributed import Client
+
+    def worker_env_probe() -> dict[str, str | None]:  # local: pickled by value, the workers cannot import tests
+        keys = ("PREFECT_API_URL", "AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL_S3", "DASK_CONFIG", "CUDA_VISIBLE_DEVICES",
+                "MALLOC_TRIM_THRESHOLD_")
+        return {k: os.environ.get(k) for k in keys}
+
+    procs, address = cluster
+    script = str(REPO / "deploy" / "dask" / "gpu-worker.sh")
+    env = {k: v for k, v in worker_env.items() if k != "DASK_CONFIG"}  # the script's default applies
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # an activated venv
+    refused = subprocess.run(["bash", script, address], env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "PREFECT_API_URL is not set" in refused.stderr
+    runner = procs.start("gpu-worker-script", ["bash", script, address, "--host", "127.0.0.1", "--no-dashboard"],
+                         env=env | {"CUDA_VISIBLE_DEVICES": "0,1", "DPE_WORKER_NAME": "box"})
+    try:
+        with Client(address, set_as_default=False) as client:
+            addrs = {name: _wait_for_worker(client, name) for name in ("box-gpu-0", "box-gpu-1")}
+            infos = client.scheduler_info(n_workers=-1)["workers"]
+            seen = client.run(worker_env_probe, workers=list(addrs.values()))
+        for device, name in enumerate(("box-gpu-0", "box-gpu-1")):
+            assert infos[addrs[name]]["resources"] == {"GPU": 1}
+            assert seen[addrs[name]] == {
+                "PREFECT_API_URL": worker_env["PREFECT_API_URL"], "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_ENDPOINT_URL_S3": s3_endpoint[0], "DASK_CONFIG": str(REPO / "deploy" / "dask" / "dask.yaml"),
+                "CUDA_VISIBLE_DEVICES": str(device),
+                "MALLOC_TRIM_THRESHOLD_": None}  # dpe's dask.yaml reached the workers
+        runner.send_signal(signal.SIGTERM)
+        runner.wait(60)  # the script stops its workers and waits for them
+        with Client(address, set_as_default=False) as client:
+            deadline = time.monotonic() + 60
+            while {i.get("name") for i in client.scheduler_info(n_workers=-1)["workers"].values()} & set(addrs):
+                assert time.monotonic() < deadline, "the script's workers did not stop"
+                time.sleep(0.2)
+    finally:
+        procs.stop(runner)
