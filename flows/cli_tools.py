@@ -23,15 +23,14 @@ def models(
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the styles published in the registry (and the bundled models)."""
-    from tasks.registry import bundled_models_dir, list_models
+    from tasks.registry import bundled_models, list_models
 
     registry = registry or default_registry()
     try:
         rows = list_models(registry)
     except ValueError as exc:
         raise _usage(str(exc)) from None
-    bundled = sorted(p.name for p in bundled_models_dir().iterdir() if (p / "model.json").is_file()) \
-        if bundled_models_dir().is_dir() else []
+    bundled = bundled_models()
     if json_output:
         out.print_json(json.dumps({"registry": registry, "models": rows, "bundled": bundled}, default=str))
         return
@@ -43,7 +42,14 @@ def models(
                       str(row.get("iterations") or ""), str(row.get("published") or ""), row["uri"])
     out.print(table)
     if bundled:
-        out.print(f"bundled: {', '.join(bundled)}")
+        shipped = Table(title="bundled models (use by name: --model NAME)")
+        for column in ("name", "version", "mode", "iterations", "look", "held-out scores", "card"):
+            shipped.add_column(column, overflow="fold")
+        for row in bundled:
+            scores = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row["scores"].items())
+            shipped.add_row(row["name"], row["version"], str(row["mode"] or ""), str(row["iterations"] or ""),
+                            row["look"] or "", scores or "n/a", row["card"] or "n/a")
+        out.print(shipped)
 
 
 # ------------------------------------------------------------------------------------------------ quality

@@ -139,6 +139,23 @@ def publish(registry_url: str, name: str, version: str, info: dict[str, Any], ex
     return record
 
 
+def bundled_models() -> list[dict[str, Any]]:
+    """One row per model shipped inside dpe_core/models: name, version, mode, iterations, what it was trained
+    for (``look`` for style models), its held-out scores as recorded in its sidecar, and its card file."""
+    folder = bundled_models_dir()
+    rows = []
+    for sidecar in sorted(folder.glob("*/model.json")) if folder.is_dir() else []:
+        info = read_json(str(sidecar))
+        training = info.get("training") or {}
+        card = sidecar.parent / "MODEL_CARD.md"
+        rows.append({
+            "name": sidecar.parent.name, "version": str(info.get("version", "")), "mode": training.get("mode"),
+            "iterations": training.get("iterations"), "look": info.get("look"),
+            "scores": info.get("test_scores") or {}, "card": str(card) if card.is_file() else None,
+        })
+    return rows
+
+
 def list_models(registry_url: str) -> list[dict[str, Any]]:
     """One row per published version, newest first within each name."""
     rows = []

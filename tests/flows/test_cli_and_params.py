@@ -150,6 +150,10 @@ def test_models_lists_an_empty_registry(tmp_path):
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
     assert listing["models"] == [] and listing["registry"] == str(tmp_path / "registry")
+    bundled = {row["name"]: row for row in listing["bundled"]}
+    # The shipped default model is listed with what a user needs to choose it: version, mode, its card.
+    assert bundled["default"]["mode"] == "supervised" and bundled["default"]["version"]
+    assert Path(bundled["default"]["card"]).read_text().startswith("# Bundled model `default`")
 
 
 def test_deployments_point_at_the_flows():
