@@ -208,12 +208,6 @@ def start_local_cluster(params: ClusterParams, api_url: str):
     return cluster, "LocalCluster", n, 0, threads
 
 
-def worker_summary(client) -> tuple[int, int]:
-    """(workers, workers offering resource GPU>=1) of a connected cluster."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    return len(workers), len(gpu_worker_names(client, workers))
-
-
 def gpu_worker_names(client, workers: dict[str, Any] | None = None) -> dict[str, str]:
     """{address: name} of the workers declaring the resource GPU >= 1."""
     workers = workers if workers is not None else client.scheduler_info(n_workers=-1)["workers"]
