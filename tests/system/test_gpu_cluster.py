@@ -154,6 +154,49 @@ def test_late_gpu_worker_is_waited_for_and_runs_every_shard(cluster, model_ref, 
     assert shard_workers_ok(dst)
 
 
+def test_gpu_worker_joining_mid_run_takes_shards(cluster, model_ref, testdata, tmp_path):
+    """Shards already queued on the first GPU worker move to a GPU worker that joins while the run is going (Dask's
+    work stealing honours the GPU resource); it warms the model up by itself (the registered plugin)."""
+    from distributed import Client
+
+    from flows.enhance import enhance_archive
+    from flows.params import EnhanceParams
+
+    procs, address = cluster
+    photos = {f"n/{p.name}": f"natural/{p.name}" for p in sorted((testdata / "natural").iterdir()) if p.is_file()}
+    src = make_folder(tmp_path / "src", testdata, photos)
+    dst = tmp_path / "dst"
+    first = _worker(procs, address, "gpu-a", gpu=True)
+    late: dict[str, object] = {}
+
+    def join_when_running() -> None:  # the second GPU worker starts once the first shard has finished
+        deadline = time.monotonic() + 600
+        while not list((dst / ".dpe" / "records").glob("*/shard-*.jsonl")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        late["at"] = time.time()
+        late["process"] = _worker(procs, address, "gpu-b", gpu=True)
+
+    try:
+        with Client(address, set_as_default=False) as client:
+            _wait_for_worker(client, "gpu-a")
+            threading.Thread(target=join_when_running, daemon=True).start()
+            state = enhance_archive(EnhanceParams(
+                source_url=str(src), dest_url=str(dst), model=model_ref, mode="paper", dask_address=address,
+                min_gpu_workers=1, shard_size=2, registry_url=str(tmp_path / "registry")), return_state=True)
+            summary = state.result()
+            late_addr = _wait_for_worker(client, "gpu-b")
+            late_pid = client.run(os.getpid, workers=[late_addr])[late_addr]
+        report = latest_report(dst)
+        assert summary["counts"]["ok"] == len(photos)
+        late_records = [r for r in report if int(r["worker"].rsplit(":", 1)[1]) == late_pid]
+        assert late_records, "the GPU worker that joined mid-run got no shard"
+        assert len(late_records) < len(photos)  # it joined after the first shards were done elsewhere
+    finally:
+        procs.stop(first)
+        if "process" in late:
+            procs.stop(late["process"])
+
+
 def shard_workers_ok(dst: Path) -> bool:
     """Every output of the run exists (the records point at files that were written)."""
     return all((dst / r["output"]).is_file() for r in latest_report(dst) if r["status"] == "ok")
