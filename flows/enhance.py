@@ -270,7 +270,8 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
                              max_pixels=params.max_pixels, torch_threads=cluster_info.torch_threads,
                              settings=settings, storage_block=params.storage_block,
                              decode_timeout_s=params.decode_timeout_s, max_inflight_mb=params.max_inflight_mb,
-                             owner=lock.owner, **pipeline_options(cluster_info))
+                             owner=lock.owner, dpe_version=cluster_info.dpe_version,
+                             **pipeline_options(cluster_info))
             n_shards = shard_count(len(the_plan.todo), cluster_info.inference_workers, params.shard_size)
             shards = make_shards(the_plan.todo, n_shards, params.previews)
             logger.info("%d shards of ~%d photos", len(shards), math.ceil(len(the_plan.todo) / max(1, n_shards)))

@@ -71,6 +71,7 @@ class EnhanceJob(BaseModel):
     # Bytes of photos in flight per worker beside the one in the model (read ahead, written behind): PhotoPipeline.
     max_inflight_mb: int = Field(1024, ge=1)
     owner: str = ""  # the run's destination-lock owner id (tasks/lease.py): its temp files carry it
+    dpe_version: str | None = None  # the flow's (tasks/versions.py): a worker running other code refuses the shard
 
 
 class Shard(BaseModel):
@@ -575,6 +576,9 @@ def _record_write(ledger: ShardLedger, record: dict[str, Any], timings: dict[str
 def enhance_shard(shard: Shard, job: EnhanceJob) -> ShardResult:
     """Prefect task: one shard on a Dask worker. Inference errors are per-file records, never task failures;
     storage I/O is retried per file inside (a task-level retry would redo finished photos)."""
+    from tasks.versions import require_version
+
+    require_version(job.dpe_version)  # before any work: a worker that joined after the flow's check
     logger = get_run_logger()
     result = process_shard(shard, job, log=logger.warning)
     counts = result.counts

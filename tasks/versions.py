@@ -26,3 +26,18 @@ def dpe_version() -> str:
             digest.update(str(path.relative_to(root)).encode() + b"\0")
             digest.update(path.read_bytes() + b"\0")
     return f"{dpe_core.__version__}+src.{digest.hexdigest()[:12]}"
+
+
+class VersionMismatch(RuntimeError):
+    """This process runs other dpe code than the flow that sent the work."""
+
+
+def require_version(expected: str | None) -> None:
+    """Raise VersionMismatch, naming this worker and both versions, when expected is set and differs from
+    dpe_version() (a worker that joined the cluster after the flow's check, with other code)."""
+    if expected and dpe_version() != expected:
+        import os
+        import socket
+
+        raise VersionMismatch(f"worker {socket.gethostname()}:{os.getpid()} runs dpe {dpe_version()}, the flow runs "
+                              f"dpe {expected}: this worker takes no work of this run (install the same dpe on it)")

@@ -294,6 +294,7 @@ def test_a_worker_running_other_dpe_code_stops_the_run_before_any_work(cluster, 
 
     from flows.cluster import ClusterError, dask_cluster
     from flows.params import EnhanceParams
+    from tasks.enhance import EnhanceJob, Shard, enhance_shard
     from tasks.versions import dpe_version
 
     procs, address = cluster
@@ -313,6 +314,17 @@ def test_a_worker_running_other_dpe_code_stops_the_run_before_any_work(cluster, 
         message = str(failed.value)
         assert f"Dask worker stale-0 ({stale_addr}) runs dpe {theirs}" in message
         assert f"this flow runs dpe {dpe_version()}" in message
+
+        # A worker that joins after the flow's check: a shard sent to it is refused before any work.
+        job = EnhanceJob(model_uri="default", dest_url=str(tmp_path / "dst"), records_url=str(tmp_path / "dst" / "r"),
+                         dpe_version=dpe_version())
+        with Client(address, set_as_default=False) as client:
+            future = client.submit(enhance_shard.fn, Shard(index=0, items=[]), job, workers=[stale_addr], pure=False)
+            with pytest.raises(Exception) as refused:
+                future.result(timeout=120)
+        assert f"runs dpe {theirs}, the flow runs dpe {dpe_version()}" in str(refused.value)
+        assert type(refused.value).__name__ == "VersionMismatch"
+        assert not (tmp_path / "dst").exists()
     finally:
         procs.stop(stale)
 
