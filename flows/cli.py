@@ -307,6 +307,7 @@ def ingest(
     formats: list[str] = typer.Option(["jpeg", "png", "tiff", "webp", "heic", "mpo"], "--format"),
     workers: int | None = typer.Option(None),
     dask_address: str | None = typer.Option(None),
+    dask_security: str | None = typer.Option(None, "--dask-security", help="TLS file for a tls:// scheduler."),
     shard_size: int | None = typer.Option(None),
     storage_block: str | None = typer.Option(None),
     json_summary: bool = typer.Option(False, "--json"),
@@ -318,7 +319,7 @@ def ingest(
                               min_side=min_side,
                               max_pixels=max_pixels, include=include, exclude=exclude, formats=formats,
                               workers=workers, dask_address=dask_address, shard_size=shard_size,
-                              storage_block=storage_block)
+                              storage_block=storage_block, dask_security=dask_security)
     except ValidationError as exc:
         raise _usage(_validation_message(exc)) from None
     _precheck_source(params.source_url)
@@ -392,6 +393,7 @@ def train(
     prepare_data: bool = typer.Option(True, help="Ingest the datasets first and train on clean copies."),
     workers: int | None = typer.Option(None),
     dask_address: str | None = typer.Option(None),
+    dask_security: str | None = typer.Option(None, "--dask-security", help="TLS file for a tls:// scheduler."),
     device: Device = typer.Option("auto"),
     torch_threads: int | None = typer.Option(None),
     storage_block: str | None = typer.Option(None),
@@ -411,7 +413,8 @@ def train(
     try:
         params = TrainParams(name=name, version=version, stop_after=stop_after, registry_url=registry, work_url=work,
                              prepare_data=prepare_data, workers=workers, dask_address=dask_address, device=device,
-                             torch_threads=torch_threads, storage_block=storage_block, **fields)
+                             torch_threads=torch_threads, storage_block=storage_block, dask_security=dask_security,
+                             **fields)
     except ValidationError as exc:
         raise _usage(_validation_message(exc)) from None
     for url in (params.source_url, params.reference_url, params.input_url, params.target_url, params.degrade_url):

@@ -484,3 +484,16 @@ def test_gpu_worker_script_starts_one_pinned_gpu_worker_per_device_keeping_the_e
                 time.sleep(0.2)
     finally:
         procs.stop(runner)
+
+
+def test_cli_waits_for_gpu_workers_then_exits_2(cluster, cli_env, model_ref, testdata, tmp_path):
+    from tests.conftest import dpe_command
+
+    _, address = cluster
+    src = make_folder(tmp_path / "src", testdata, {"a.jpg": "camera/canon_s40.jpg"})
+    done = subprocess.run(dpe_command("enhance", str(src), str(tmp_path / "dst"), "--model", model_ref,
+                                      "--dask-address", address, "--min-gpu-workers", "7", "--gpu-wait", "3", "--json"),
+                          env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "waited 3 s for 7 Dask workers offering the resource GPU" in done.stderr
+    assert not (tmp_path / "dst" / "a.jpg").exists()
