@@ -330,7 +330,12 @@ def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> It
         client = Client(cluster.scheduler_address, set_as_default=False)
     try:
         waited = time.perf_counter()
-        if need_gpus:
+        if need_gpus and cluster is not None:  # a local cluster has all its workers already: nothing to wait for
+            gpus = gpu_worker_names(client)
+            if len(gpus) < need_gpus:
+                raise ClusterError(f"min_gpu_workers={need_gpus}, but the local cluster has {len(gpus)} GPU workers "
+                                   "(one per GPU this machine shows)")
+        elif need_gpus:
             gpus = wait_for_gpu_workers(client, need_gpus, float(getattr(params, "gpu_wait_s", 600.0)),
                                         on_wait=logger.warning)
         else:

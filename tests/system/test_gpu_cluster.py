@@ -497,3 +497,16 @@ def test_cli_waits_for_gpu_workers_then_exits_2(cluster, cli_env, model_ref, tes
     assert done.returncode == 2, done.stderr[-2000:]
     assert "waited 3 s for 7 Dask workers offering the resource GPU" in done.stderr
     assert not (tmp_path / "dst" / "a.jpg").exists()
+
+
+def test_local_cluster_without_enough_gpus_stops_at_once(prefect_server):
+    from flows.cluster import ClusterError, dask_cluster
+    from flows.params import EnhanceParams
+
+    started = time.monotonic()
+    with pytest.raises(ClusterError) as failed:
+        with dask_cluster(EnhanceParams(source_url="/nowhere/src", dest_url="/nowhere/dst", workers=1,
+                                        min_gpu_workers=1)):
+            pass
+    assert time.monotonic() - started < 120  # not the default 600 s GPU wait
+    assert "min_gpu_workers=1, but the local cluster has 0 GPU workers" in str(failed.value)
