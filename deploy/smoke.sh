@@ -10,8 +10,9 @@
 #    started by the flow (params.dask_address=null); extra --param options go to `dpe run` (e.g.
 #    --param params.workers=1 --param params.mode=paper);
 # 5. prints the run's summary, stops everything it started by the process ids it saved (trap on exit, Ctrl-C and
-#    SIGTERM: each process group TERM, then KILL after a grace period; never by name), and exits with the run's
-#    code: 0 every photo ok, 1 some photos failed, 2 bad usage, 3 the run or the set-up failed.
+#    SIGTERM: each process group TERM, then KILL after a grace period; never by name; interrupted mid-run, also the
+#    run's flow process, by the pid its worker recorded), and exits with the run's code: 0 every photo ok, 1 some
+#    photos failed, 2 bad usage, 3 the run or the set-up failed (130/143 when interrupted).
 #
 # SRC and DST: local folders (made absolute) or URLs the worker can reach (s3://..., with the AWS_* variables in
 # this environment). Logs: $DPE_SMOKE_KEEP=1 keeps the temp folder (server, worker and run logs).
@@ -47,6 +48,7 @@ shift 2
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/dpe-smoke.XXXXXX")"
 started=()  # "name:pid" of every process group we started, in start order
+watching=0 run_pid=""
 
 alive_for() {  # wait up to $2 seconds for pid $1 to end; true while it still runs
   local waited=0
@@ -73,9 +75,28 @@ stop_group() {  # TERM the group led by pid; a second TERM after 5 s; KILL after
   say "stopped $name (pid $pid)"
 }
 
+stop_flow_runs() {  # runs still going on our server: their flow processes, by the pid the worker recorded for each
+  local entry       # (a process worker starts each run in a process group of its own)
+  for entry in $("$py" - 2>/dev/null <<'EOF'
+from prefect.client.orchestration import get_client
+
+with get_client(sync_client=True) as client:
+    for run in client.read_flow_runs(limit=100):
+        if run.state and not run.state.is_final() and run.infrastructure_pid:
+            print(f"{run.name}:{str(run.infrastructure_pid).rsplit(':', 1)[-1]}")
+EOF
+  ); do
+    stop_group "flow-run-${entry%%:*}" "${entry##*:}"
+  done
+}
+
 cleanup() {
   local code=$? i entry
   trap - EXIT INT TERM
+  if [ "$watching" = 1 ]; then  # interrupted while the run was going: stop watching, then the run itself
+    kill -TERM "$run_pid" 2>/dev/null
+    stop_flow_runs
+  fi
   for ((i = ${#started[@]} - 1; i >= 0; i--)); do  # the worker first, the server last
     entry="${started[$i]}"
     stop_group "${entry%%:*}" "${entry##*:}"
@@ -127,10 +148,15 @@ DPE_CHECKOUT="$root" PREFECT_WORKER_QUERY_SECONDS=2 setsid "$py" -m prefect work
 started+=("prefect-worker:$!")
 say "started prefect-worker (pid $!) on pool $pool"
 
+# In the background and waited for, so that Ctrl-C or SIGTERM reach the trap at once, not after the run.
 "$dpe" run enhance-archive/enhance-adhoc --watch --json --poll 1 \
   --param "params.source_url=$src" --param "params.dest_url=$dst" --param "params.dask_address=null" "$@" \
-  >"$work/run.json"
+  >"$work/run.json" &
+run_pid=$!
+watching=1
+wait "$run_pid"
 code=$?
+watching=0
 if ! kill -0 "${started[1]##*:}" 2>/dev/null; then
   say "the worker exited early; its log:"
   tail -n 40 "$work/worker.log" >&2

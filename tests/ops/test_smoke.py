@@ -66,3 +66,47 @@ def test_smoke_script_runs_the_adhoc_deployment_through_a_worker_and_cleans_up(t
     assert not list(tmp_path.glob("dpe-smoke.*"))
     print(f"deploy/smoke.sh, 4 photos, 1 Dask worker: {elapsed:.1f} s; "
           + "; ".join(line for line in done.stderr.splitlines() if re.match(r"smoke: (server|deployed|run) ", line)))
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_smoke_script_interrupted_mid_run_stops_the_run_and_everything_else(testdata, tmp_path):
+    """SIGTERM (what a CI timeout or `kill` sends) while the run's Dask cluster is working: the trap stops the
+    run's flow process and its Dask workers (the worker started them in a process group of their own), the worker
+    and the server, by the ids it saved or read from the API, and the script exits 143."""
+    src = make_folder(tmp_path / "photos", testdata, {f"{i}_{k}": v for i in range(4) for k, v in PHOTOS.items()
+                                                      if k != "corrupt_random.jpg"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DPE_"))} | {"TMPDIR": str(tmp_path)}
+    err_path = tmp_path / "smoke.err"
+    with open(err_path, "w") as err, open(tmp_path / "smoke.out", "w") as out:
+        script = subprocess.Popen(["bash", "deploy/smoke.sh", str(src), str(tmp_path / "enhanced")], cwd=REPO,
+                                  env=env, stdout=out, stderr=err)
+        try:
+            deadline = time.monotonic() + 300
+            while "Dask LocalCluster at" not in err_path.read_text() and time.monotonic() < deadline:
+                assert script.poll() is None, err_path.read_text()[-4000:]
+                time.sleep(0.5)
+            assert "Dask LocalCluster at" in err_path.read_text()
+            stopping = time.perf_counter()
+            script.terminate()
+            code = script.wait(120)
+        finally:
+            if script.poll() is None:  # the test's own clean-up if the script's failed
+                script.kill()
+                script.wait()
+    log = err_path.read_text()
+    assert code == 143, log[-4000:]
+    stopped = {name: int(pid) for name, pid in re.findall(r"^smoke: stopped (\S+) \(pid (\d+)\)", log, re.M)}
+    assert {"prefect-server", "prefect-worker"} <= set(stopped), log[-4000:]
+    runs = [name for name in stopped if name.startswith("flow-run-")]
+    assert len(runs) == 1, log[-4000:]  # the run's flow process, found through the API
+    assert all(_group_gone(pid) for pid in stopped.values()), stopped  # each group: leader and children
+    api = re.search(r"started prefect-server \(pid \d+\) on (\S+)", log).group(1)
+    assert not healthy(api) and not list(tmp_path.glob("dpe-smoke.*"))
+    print(f"smoke.sh stopped mid-run in {time.perf_counter() - stopping:.1f} s: {', '.join(stopped)}")
