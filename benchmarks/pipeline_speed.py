@@ -1,6 +1,7 @@
 """End-to-end throughput of `dpe enhance` (Prefect + Dask) against a bare single-process loop, same photos, same run.
 
     python benchmarks/pipeline_speed.py [--photos DIR] [--modes paper full] [--workers 1 2] [--model default]
+    python benchmarks/pipeline_speed.py --under-load [--modes full]   # each runner idle, then with one core busy
 
 For each mode: the bare loop (read -> decode -> Enhancer -> encode -> atomic write, one process, torch using every
 core) runs before and after the `dpe enhance` runs (1 and 2 local workers), so the ratio is against the mean of two
@@ -8,6 +9,11 @@ bare runs measured around it. Printed per run: photos/s in the enhance phase (fr
 last one finished; start-up excluded), the ratio to the bare loop, the end-to-end wall time of the `dpe` process,
 and the start-up costs reported separately: Prefect server (fresh database and existing database), Dask cluster,
 model load. An orchestration probe (one tiny photo per shard) measures Prefect+Dask overhead per shard.
+
+``--under-load``: every runner (bare loop, `dpe enhance` with 1 and 2 workers) runs twice, idle and while a
+busy-loop child process of this benchmark keeps one core busy (pinned to the last core, stopped by its handle; see
+enhance_under_load.BusyCore); printed: photos/s of each and loaded/idle time per photo (target <= 2x), beside the
+usual ratios to the bare loop.
 
 Only ratios from one run are comparable: other processes on the machine slow every figure (the load average is
 printed before and after).
@@ -60,6 +66,7 @@ def bare_loop(src: str, dst: str, mode: str, model: str) -> dict:
     files = sorted(p for p in Path(src).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     t0 = time.perf_counter()
     enhancer = Enhancer.from_pretrained(model)
+    enhancer.warm_up()  # as the workers do: first forward, the fused apply loop loaded
     load_s = time.perf_counter() - t0
     ok = 0
     t0 = time.perf_counter()
@@ -96,6 +103,9 @@ def run_dpe(src: str, mode: str, model: str, workers: int, env: dict, extra: lis
             raise RuntimeError(f"dpe enhance failed ({done.returncode}):\n{done.stderr[-3000:]}")
         summary = json.loads(done.stdout)
         summary["wall_s"] = wall
+        if summary["counts"]["error"] and Path(summary.get("report_url") or "").is_file():
+            errors = [line for line in Path(summary["report_url"]).read_text().splitlines() if '"error"' in line]
+            print(f"dpe enhance ({workers} workers): {len(errors)} failed, first: {errors[:1]}", file=sys.stderr)
         return summary
 
 
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=3,
                         help="each photo this many times (distinct names) so the steady state dominates")
     parser.add_argument("--probe-shards", type=int, default=24, help="shards in the orchestration probe (0: skip)")
+    parser.add_argument("--under-load", action="store_true",
+                        help="each runner idle and with one core kept busy by a child process")
     parser.add_argument("--bare", nargs=4, metavar=("SRC", "DST", "MODE", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare:
@@ -149,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                                   "PREFECT_HOME": str(home / "client")}
         rows = []
         try:
+            if args.under_load:
+                under_load(str(photos), args, env)
+                return 0
             for mode in args.modes:
                 before = run_bare(str(photos), mode, args.model)
                 runs = [(w, run_dpe(str(photos), mode, args.model, w, env)) for w in args.workers]
@@ -195,6 +210,55 @@ def main(argv: list[str] | None = None) -> int:
           "(phase x workers - time inside the tasks) / shards, waiting for the last shards included.")
     print(f"load avg after: {os.getloadavg()[0]:.2f}")
     return 0
+
+
+def under_load(photos: str, args, env: dict) -> None:
+    """Every runner idle, then with one core kept busy; a table of photos/s and loaded/idle per photo."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.enhance_under_load import BusyCore
+
+    rows = []
+    for mode in args.modes:
+        results: dict[str, dict[str, float]] = {}
+        for loaded in (False, True):
+            busy = BusyCore() if loaded else None
+            if busy is not None:
+                busy.__enter__()
+            try:
+                state = f"core {busy.core} busy" if busy else "idle"
+                bare = run_bare(photos, mode, args.model)
+                results.setdefault("bare loop", {})[state] = bare["photos_per_s"]
+                for workers in args.workers:
+                    s = run_dpe(photos, mode, args.model, workers, env)
+                    rate = s["counts"]["ok"] / s["phase_s"] if s["phase_s"] else 0.0
+                    label = f"dpe enhance, {workers} worker{'s' if workers > 1 else ''}"
+                    results.setdefault(label, {})[state] = rate
+                    if s["counts"]["error"]:
+                        print(f"{label} ({state}): {s['counts']['error']} photos failed", file=sys.stderr)
+                load = os.getloadavg()[0]
+                results.setdefault("_load", {})[state] = load
+            finally:
+                if busy is not None:
+                    busy.__exit__(None, None, None)
+        loads = results.pop("_load")
+        idle_key = "idle"
+        busy_key = next(k for k in loads if k != "idle")
+        bare_idle, bare_busy = results["bare loop"][idle_key], results["bare loop"][busy_key]
+        for runner, r in results.items():
+            idle, busy_rate = r[idle_key], r[busy_key]
+            rows.append((mode, runner, idle, busy_rate, idle / busy_rate if busy_rate else float("inf"),
+                         idle / bare_idle, busy_rate / bare_busy))
+        rows.append((mode, "load average (1 min) at the end", loads[idle_key], loads[busy_key], None, None, None))
+    print()
+    header = ("mode", "runner", "idle photos/s", f"{busy_key} photos/s", "loaded / idle per photo",
+              "vs bare idle", "vs bare loaded")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [f"{c:.3f}" if isinstance(c, float) else ("" if c is None else str(c)) for c in row]
+        print("| " + " | ".join(cells) + " |")
+    print("\nloaded / idle per photo: seconds per photo with the core busy over those idle (target <= 2x). "
+          "photos/s: enhance phase only (start-up and model load excluded), as in the main table.")
 
 
 if __name__ == "__main__":

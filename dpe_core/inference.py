@@ -56,13 +56,15 @@ Performance (measured numbers: benchmarks/enhance_speed.py):
 - the working-size forward also runs on one pool thread (one intra-op thread): with a core taken, a 2-thread
   forward waits at every layer; on an idle machine a large net pays up to 2x for it (the bundled model: ~20 ms);
 - ``threads`` sets torch's intra-op threads (process-wide) and the strip pool's size; None: the cores this process
-  may really use (affinity mask, cgroup CPU quota), and never more than torch's default.
+  may really use (affinity mask, cgroup CPU quota), and never more than torch's default;
+- ``bf16`` (CPU; env DPE_BF16; ``dpe enhance --bf16``): bf16 autocast of the net on CPUs with native bf16, by
+  default ("auto") only once the first images' 8-bit outputs agree with fp32 to 45 dB (dpe_core.inference_options;
+  ``enhancer.bf16.describe()`` says what was decided); "off" keeps fp32, "on" forces bf16.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -71,12 +73,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from dpe_core.guided import (
-    DEFAULT_EPS,
-    DEFAULT_RADIUS,
-    DEFAULT_STRIP_PIXELS,
     EAGER,
     PixelSource,
     StripKernel,
@@ -88,6 +86,17 @@ from dpe_core.guided import (
 )
 from dpe_core.inference_graph import ALIGN, FoldedGenerator, enlarged_rate, tile_margin
 from dpe_core.inference_inputs import Job, array_job, pil_job, tensor_job, to_storage
+from dpe_core.inference_options import (
+    Bf16Gate,
+    Clock,
+    EnhancerOptions,
+    bf16_setting,
+    check_strength,
+    cpu_has_native_bf16,
+    have_compiler,
+    pick_device,
+    pixel_dtype,
+)
 from dpe_core.nn.generator import GlobalUNetGenerator
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
@@ -98,46 +107,6 @@ log = logging.getLogger(__name__)
 Mode = Literal["full", "paper", "tiled"]
 MODES: tuple[str, ...] = ("full", "paper", "tiled")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar", ".zip", ".h5", ".npz")
-
-
-class EnhancerOptions(BaseModel):
-    """How an Enhancer runs (per instance; the mode is chosen per call)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    working_size: int | None = Field(None, ge=16, description="Net input square; None: the model's train_size.")
-    batch_size: int = Field(4, ge=1, description="Images per forward at the working size.")
-    domain: int = Field(0, ge=0, le=1, description="iBN set: 0 = real photos (always, for enhancement).")
-    channels_last: bool = Field(True, description="oneDNN/cuDNN convs are faster on NHWC (CPU: ~5-10% here).")
-    compile: bool = Field(False, description="torch.compile the net (CPU: ~1 min compile per process, ~1.5x).")
-    compile_apply: Literal["auto", "on", "off"] = Field(
-        "auto", description="CPU full-resolution apply: 'auto' uses the fused C loop once warm_up() compiled it."
-    )
-    compile_min_pixels: int = Field(1_000_000, description="'auto': the fused kernel for photos from this size.")
-    amp: bool | None = Field(None, description="Autocast bf16/fp16 on CUDA; None: on for CUDA, never on CPU.")
-    threads: int | None = Field(
-        None, ge=1, description="CPU threads (torch intra-op, strip pool); None: the cores this process may use."
-    )
-    guided_radius: int = Field(DEFAULT_RADIUS, ge=1, description="Window radius at the working size (px).")
-    guided_eps: float = Field(DEFAULT_EPS, gt=0)
-    strip_pixels: int = Field(DEFAULT_STRIP_PIXELS, ge=1024, description="Full-res pixels per strip.")
-    tile_size: int = Field(1024, ge=ALIGN, description="Tiled mode: tile core side (rounded to 16).")
-    tiled_max_side: int | None = Field(2048, ge=64, description="Tiled mode: long-side cap (the demo's 2048).")
-    tiled_kernels: Literal["resize", "dilate"] = "resize"
-    sync_timings: bool = Field(False, description="Synchronise CUDA at stage boundaries so last_timings are exact.")
-
-
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _have_compiler() -> bool:
-    from dpe_core.guided_native import compiler
-
-    return compiler() is not None
 
 
 class Enhancer:
@@ -171,6 +140,12 @@ class Enhancer:
         self.amp_dtype: torch.dtype | None = None
         if on_cuda and opts.amp is not False:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # CPU bf16 (see dpe_core.inference_options): forced, off, or decided on the first images ("auto").
+        on_cpu = self.device.type == "cpu"
+        mode = bf16_setting(opts.bf16) if on_cpu else "off"
+        self.bf16 = Bf16Gate(mode, on_cpu and cpu_has_native_bf16(), opts.bf16_min_psnr, opts.bf16_check_images)
+        if self.bf16.active:
+            self.amp_dtype = torch.bfloat16
         self.generator = generator if isinstance(generator, GlobalUNetGenerator) else None
         if self.generator is not None:
             self.generator.eval()
@@ -234,7 +209,7 @@ class Enhancer:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         strength = check_strength(strength)
-        clock = _Clock(self.device if self.options.sync_timings else None)
+        clock = Clock(self.device if self.options.sync_timings else None)
         jobs = [self._job(image) for image in images]
         clock.lap("read")
         with torch.inference_mode():
@@ -272,10 +247,18 @@ class Enhancer:
                 j.net_out = o[:, : j.low.shape[1], : j.low.shape[2]]
 
     def _net_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.bf16.checking:  # "auto": these images both ways; bf16 from here on only if they agree (8-bit)
+            out = self._forward(batch)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                self.bf16.record(out, self._forward(batch).float())
+            if self.bf16.active is not None:
+                self.amp_dtype = torch.bfloat16 if self.bf16.active else None
+                log.info("bf16 autocast %s: %s", "on" if self.bf16.active else "off", self.bf16.describe())
+            return out
         with self._autocast():
             return self._forward(batch)
 
-    def _finish(self, job: Job, mode: str, clock: _Clock, strength: float = 1.0) -> Any:
+    def _finish(self, job: Job, mode: str, clock: Clock, strength: float = 1.0) -> Any:
         if mode == "paper":
             out = job.net_out if strength == 1.0 else torch.lerp(job.low, job.net_out, strength)
             return to_storage(out, job.src)
@@ -292,7 +275,7 @@ class Enhancer:
     def _radius(self) -> int:
         return max(1, round(self.options.guided_radius * self.working / 512))
 
-    def _tiled(self, job: Job, clock: _Clock, strength: float = 1.0) -> Any:
+    def _tiled(self, job: Job, clock: Clock, strength: float = 1.0) -> Any:
         opts, src = self.options, job.src
         big_h, big_w = src.height, src.width
         cap = opts.tiled_max_side
@@ -377,7 +360,7 @@ class Enhancer:
             return EAGER
         if mode == "auto":
             kernel = self._apply_kernel
-            if kernel is None or not kernel.ready(_pixel_dtype(src)):
+            if kernel is None or not kernel.ready(pixel_dtype(src)):
                 return EAGER
             return kernel if src.height * src.width >= self.options.compile_min_pixels else EAGER
         if self._apply_kernel is None:
@@ -401,7 +384,7 @@ class Enhancer:
             self.device.type == "cpu"
             and self.options.compile_apply != "off"
             and not self._apply_compile_failed
-            and _have_compiler()
+            and have_compiler()
         ):
             start = time.perf_counter()
             if self._apply_kernel is None:
@@ -444,44 +427,6 @@ class Enhancer:
         raise TypeError(
             f"cannot enhance {type(image).__name__}: expected a numpy array, PIL image, tensor, Photo, or a path/URL"
         )
-
-
-# ---------------------------------------------------------------------- helpers (module level: no state)
-def check_strength(strength: Any) -> float:
-    """strength as a float in [0, 1]; anything else (out of range, NaN, not a number) raises ValueError."""
-    try:
-        value = float(strength)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0.0 <= value <= 1.0:  # NaN fails this too
-        raise ValueError(
-            f"strength must be a number in [0, 1] (0: the original, 1: the full correction), got {strength!r}"
-        )
-    return value
-
-
-class _Clock:
-    """Accumulates wall time per stage name (synchronising CUDA first when given a CUDA device)."""
-
-    def __init__(self, sync_device: torch.device | None):
-        self.sync = sync_device is not None and sync_device.type == "cuda"
-        self.laps: dict[str, float] = {}
-        self.last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        if self.sync:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.laps[name] = self.laps.get(name, 0.0) + now - self.last
-        self.last = now
-
-
-def _pixel_dtype(src: PixelSource) -> torch.dtype:
-    """The torch dtype of the strips src.read returns (what a compiled kernel is specialised on)."""
-    d = src.data
-    if isinstance(d, torch.Tensor):
-        return d.dtype if d.dtype in (torch.uint8, torch.uint16) else torch.float32
-    return {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}.get(d.dtype, torch.float32)
 
 
 __all__ = ["MODES", "Enhancer", "EnhancerOptions", "Mode", "ModelFileError", "check_strength", "pick_device"]

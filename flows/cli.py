@@ -183,6 +183,10 @@ def enhance(
     quality: int = typer.Option(95, help="JPEG/WebP/HEIF quality."),
     device: Device = typer.Option("auto", help="auto: GPU workers when available."),
     torch_threads: int | None = typer.Option(None, help="torch threads per worker."),
+    bf16: str | None = typer.Option(None, "--bf16",
+                                    help="CPU bf16 of the net: auto (native-bf16 CPUs, kept only within 45 dB of "
+                                         "fp32 on the first photos), on, off. Default: $DPE_BF16, else auto. "
+                                         "Local workers inherit it; set DPE_BF16 on a remote cluster's workers."),
     max_pixels: int = typer.Option(120_000_000, help="Refuse larger photos (decompression-bomb guard)."),
     decode_timeout: float = typer.Option(120.0, "--decode-timeout",
                                          help="Per-photo decode time limit in seconds (0: decode in the worker)."),
@@ -207,6 +211,10 @@ def enhance(
             dask_security=dask_security, min_gpu_workers=min_gpu_workers, gpu_wait_s=gpu_wait)
     except ValidationError as exc:
         raise _usage(_validation_message(exc)) from None
+    if bf16 is not None:
+        if bf16 not in ("auto", "on", "off"):
+            raise _usage(f"--bf16 must be auto, on or off, got {bf16!r}")
+        os.environ["DPE_BF16"] = bf16  # read by each worker's Enhancer (local workers inherit this environment)
     _precheck_source(params.source_url)
     _precheck_destinations(params.source_url, [("destination", params.dest_url)])
     _precheck_model(params.model, params.registry_url or default_registry())
