@@ -46,7 +46,7 @@ class ClusterInfo:
     start_s: float
     gpu_addresses: list[str] = field(default_factory=list)  # the workers that run inference when use_gpu
     security: Any = None  # distributed.Security for tls:// schedulers (None: dask's configuration)
-    dpe_version: str | None = None  # what the flow and every worker run (checked)
+    dpe_version: str | None = None  # what every worker must run (checked; None: DPE_VERSION_CHECK=off)
     gpu_wait_s: float = 0.0  # how long the flow waited for GPU workers
 
     @property
@@ -257,16 +257,19 @@ def wait_for_gpu_workers(client, count: int, timeout_s: float, poll_s: float = 0
         time.sleep(poll_s)
 
 
-def check_versions(client, workers: list[str] | None = None) -> str:
-    """The flow's dpe version after checking that every worker (or the given ones) runs the same; raises
-    ClusterError naming the first worker that does not, with both versions."""
-    from tasks.versions import dpe_version
+def check_versions(client, workers: list[str] | None = None) -> str | None:
+    """The dpe version the run requires (tasks.versions.expected_version: None when DPE_VERSION_CHECK=off) after
+    checking that every worker (or the given ones) runs it; raises ClusterError naming the first worker that does
+    not, with both versions."""
+    from tasks.versions import dpe_version, expected_version, same_version
 
-    mine = dpe_version()
+    mine = expected_version()
+    if mine is None:
+        return None
     theirs = client.run(dpe_version, workers=workers, on_error="return")
     names = {addr: str(w.get("name", addr)) for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
     for addr, version in sorted(theirs.items()):
-        if version == mine:
+        if isinstance(version, str) and same_version(mine, version):
             continue
         said = (f"cannot tell its dpe version ({type(version).__name__}: {version}; is dpe installed there?)"
                 if isinstance(version, BaseException) else f"runs dpe {version}")

@@ -171,9 +171,9 @@ class EnhancerWarmup(WorkerPlugin):
         status.pop("skipped", None)
         status["done"] = False
         if self.version:
-            from tasks.versions import dpe_version
+            from tasks.versions import dpe_version, same_version
 
-            if dpe_version() != self.version:
+            if not same_version(self.version, dpe_version()):
                 status.update(done=True, error=f"dpe version mismatch: this worker runs dpe {dpe_version()}, "
                                                f"the flow runs dpe {self.version}")
                 log.error("%s: not loading model %s", status["error"], self.model_uri)

@@ -24,6 +24,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO = REPO_ROOT
 TESTDATA = Path(os.environ.get("DPE_TESTDATA", REPO_ROOT.parent / "shared" / "testdata")).resolve()
+# Flows check that Dask workers run the flow's dpe (tasks/versions.py): by default the release *and* a digest of the
+# sources. A test session keeps workers for minutes while files of the checkout may be edited, so the suite compares
+# the release only; tests/system/test_gpu_cluster.py switches the source check on where it tests it.
+os.environ.setdefault("DPE_VERSION_CHECK", "release")
 
 
 @pytest.fixture(scope="session")

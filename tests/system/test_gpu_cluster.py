@@ -117,7 +117,7 @@ def test_late_gpu_worker_is_waited_for_and_runs_every_shard(cluster, model_ref, 
     from flows.enhance import enhance_archive
     from flows.params import EnhanceParams
     from tasks.models import loaded_models, plugin_name, warmup_status
-    from tasks.versions import dpe_version
+    from tasks.versions import expected_version
 
     procs, address = cluster
     src = make_folder(tmp_path / "src", testdata, PHOTOS)
@@ -141,7 +141,7 @@ def test_late_gpu_worker_is_waited_for_and_runs_every_shard(cluster, model_ref, 
         gpu_addr = _wait_for_worker(client, "gpu-0")
         pids = client.run(os.getpid)
         cpu_models = client.run(loaded_models, workers=[cpu_addr])[cpu_addr]
-        statuses = client.run(warmup_status, plugin_name("default", "auto", None, True, None, dpe_version()))
+        statuses = client.run(warmup_status, plugin_name("default", "auto", None, True, None, expected_version()))
 
     assert joined["at"] > started  # the GPU worker really came after the flow had started
     assert summary["counts"] == {"ok": len(PHOTOS), "skipped": 0, "error": 0}
@@ -289,7 +289,8 @@ def _copy_with_other_code(root: Path) -> Path:
     return root
 
 
-def test_a_worker_running_other_dpe_code_stops_the_run_before_any_work(cluster, prefect_server, tmp_path):
+def test_a_worker_running_other_dpe_code_stops_the_run_before_any_work(cluster, prefect_server, tmp_path,
+                                                                        monkeypatch):
     from distributed import Client
 
     from flows.cluster import ClusterError, dask_cluster
@@ -298,6 +299,7 @@ def test_a_worker_running_other_dpe_code_stops_the_run_before_any_work(cluster, 
     from tasks.versions import dpe_version
 
     procs, address = cluster
+    monkeypatch.setenv("DPE_VERSION_CHECK", "source")  # what users get by default (the suite compares releases)
     code = _copy_with_other_code(tmp_path / "other")
     env = procs.env | {"PYTHONPATH": str(code)}
     stale = _worker(procs, address, "stale-0", gpu=True, env=env, cwd=tmp_path)
@@ -325,6 +327,11 @@ def test_a_worker_running_other_dpe_code_stops_the_run_before_any_work(cluster, 
         assert f"runs dpe {theirs}, the flow runs dpe {dpe_version()}" in str(refused.value)
         assert type(refused.value).__name__ == "VersionMismatch"
         assert not (tmp_path / "dst").exists()
+
+        # DPE_VERSION_CHECK=release (a developer editing a checkout under running workers): the same release passes.
+        monkeypatch.setenv("DPE_VERSION_CHECK", "release")
+        with dask_cluster(params) as (info, _):
+            assert info.dpe_version == dpe_version().split("+")[0]
     finally:
         procs.stop(stale)
 
