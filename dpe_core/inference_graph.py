@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpe_core.guided import _area_matrix
-from dpe_core.nn.generator import GlobalUNetGenerator
+from dpe_core.nn.generator import GlobalUNetGenerator, apply_head
 from dpe_core.nn.layers import SELU_ALPHA, SELU_SCALE, IndividualBatchNorm2d, SymmetricConv2d, symmetric_pad
 
 KernelEnlargement = Literal["resize", "dilate"]
@@ -276,7 +276,7 @@ class FoldedGenerator(nn.Module):
                 t = F.interpolate(t, size=skip.shape[-2:], mode="nearest")
             d = self._elu(torch.cat([t, skip], dim=1))
         d = self._elu(self._conv("out1", d))
-        return x + self._conv("out2", d)
+        return apply_head(x, self._conv("out2", d))
 
 
 def enlarged_rate(height: int, width: int, train_size: int = 512) -> int:

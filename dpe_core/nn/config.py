@@ -21,6 +21,12 @@ class GeneratorConfig(BaseModel):
     output_init_scale: float | None = Field(
         None, description="Variance-scaling factor of the last conv (the residual); None: init_scale. A small "
         "one with init_scale 1 starts at ~identity while the SELUs work in their non-linear range.")
+    # Deviation (opt-in): the release adds a 3-channel residual image. "affine" makes the last conv emit 12
+    # channels, a per-pixel 3x3 colour matrix M and offset b, output x + M x + b (M = b = 0 is the identity):
+    # a gain that depends on the whole photo (exposure, contrast, white balance) is then a plain output of the
+    # network instead of a product that the SELU layers must approximate from the global and local features.
+    output: Literal["residual", "affine"] = Field("residual", description="Output head: residual image (release) "
+                                                  "or per-pixel residual colour affine (x + M x + b).")
     global_pool: int = Field(
         8,
         description="Adaptive average pool before the VALID global conv; exact at 512 px (8x8 after 6 halvings).",

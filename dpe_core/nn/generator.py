@@ -55,7 +55,7 @@ class GlobalUNetGenerator(nn.Module):
         self.dec1 = SymmetricConv2d(6 * c, 2 * c, 3)
         self.dec1_bn = IndividualBatchNorm2d(3 * c, m, e)
         self.out1 = ConvSeluBN(3 * c, c, 3, 1, m, e)
-        self.out2 = SymmetricConv2d(c, 3, 3)
+        self.out2 = SymmetricConv2d(c, head_channels(config), 3)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 variance_scaling_(module, config.init_scale)
@@ -83,7 +83,7 @@ class GlobalUNetGenerator(nn.Module):
         ):
             d = bn(selu(torch.cat([upsample_to(conv(d), skip), skip], 1)), domain)
         d, _ = self.out1(d, domain)
-        return x + self.out2(d)
+        return apply_head(x, self.out2(d))
 
     def global_feature(self, x: torch.Tensor, domain: int = 0) -> torch.Tensor:
         """The global vector [B,128,1,1] for x [B,3,H,W] in [0,1]."""
@@ -102,6 +102,32 @@ class GlobalUNetGenerator(nn.Module):
         g, _ = self.global1(a5, domain)
         g, _ = self.global2(g, domain)
         return self.global4(selu(self.global3(self.global_pool(g))))
+
+
+def head_channels(config: GeneratorConfig) -> int:
+    """Channels of the last conv: 3 (residual image) or 12 (3x3 colour matrix + offset per pixel)."""
+    return 12 if config.output == "affine" else 3
+
+
+def apply_head(x: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """x [B,3,H,W] and the last conv's output [B,3|12,H,W] -> x + residual, or x + M x + b with M = head[:, :9]
+    as a row-major 3x3 matrix per pixel and b = head[:, 9:]; unclipped."""
+    if head.shape[1] == 3:
+        return x + head
+    b, _, h, w = head.shape
+    matrix = head[:, :9].reshape(b, 3, 3, h, w)
+    return x + (matrix * x.unsqueeze(1)).sum(dim=2) + head[:, 9:]
+
+
+def widen_residual_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A residual-head state dict -> the affine head's, computing the same function (M = 0, b = old residual)."""
+    state = dict(state)
+    for key in ("out2.weight", "out2.bias"):
+        old = state[key]
+        new = old.new_zeros((12, *old.shape[1:]))
+        new[9:] = old
+        state[key] = new
+    return state
 
 
 def conv_parameter_count(module: nn.Module) -> int:

@@ -30,10 +30,10 @@ from dpe_core.quality.degradations import Degradation
 from dpe_core.quality.metrics import psnr
 
 
-def _randomised_generator(seed: int = 0, init_scale: float = 0.05):
+def _randomised_generator(seed: int = 0, init_scale: float = 0.05, output: str = "residual"):
     """A generator whose residual is far from zero and whose iBN sets hold distinct, non-trivial statistics."""
     torch.manual_seed(seed)
-    g = build_generator(GeneratorConfig(init_scale=init_scale))
+    g = build_generator(GeneratorConfig(init_scale=init_scale, output=output))
     for m in g.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.3, 0.3)
@@ -95,6 +95,35 @@ def test_folded_generator_computes_the_generator(generator, domain, channels_las
     assert torch.allclose(out, ref, atol=2e-5 * float(residual), rtol=0)
     assert torch.allclose(g_out, g_ref, atol=1e-5, rtol=1e-4)
     assert torch.allclose(given, given_ref, atol=2e-5 * float(residual), rtol=0)
+
+
+def test_folded_generator_computes_the_affine_head_generator():
+    affine = _randomised_generator(seed=3, output="affine")
+    folded = FoldedGenerator(affine)
+    x = torch.rand(2, 3, 96, 130)
+    with torch.inference_mode():
+        ref, out = affine(x), folded(x)
+    residual = (ref - x).abs().max()
+    assert residual > 0.05
+    assert torch.allclose(out, ref, atol=2e-5 * float(residual), rtol=0)
+
+
+def test_affine_head_applies_a_per_pixel_colour_matrix_and_widening_keeps_the_function(generator):
+    from dpe_core.nn.generator import apply_head, widen_residual_head
+
+    x = torch.rand(1, 3, 4, 5)
+    head = torch.zeros(1, 12, 4, 5)
+    assert torch.equal(apply_head(x, head), x)  # M = b = 0: the identity
+    head[:, 0], head[:, 4], head[:, 8] = 1.0, -0.5, 0.0  # red x2, green x0.5, blue kept
+    head[:, 11] = 0.1  # blue + 0.1
+    expected = torch.stack([x[:, 0] * 2, x[:, 1] * 0.5, x[:, 2] + 0.1], dim=1)
+    assert torch.allclose(apply_head(x, head), expected)
+    # A trained residual model widened to the affine head starts as exactly the same function (fine-tuning).
+    wide = build_generator(generator.config.model_copy(update={"output": "affine"})).eval()
+    wide.load_state_dict(widen_residual_head(generator.state_dict()))
+    photo = torch.rand(2, 3, 64, 80)
+    with torch.inference_mode():
+        assert torch.equal(wide(photo), generator(photo))
 
 
 def test_enlarged_kernels(generator):
