@@ -204,8 +204,8 @@ class OneWayGANStep(GANStep):
 
 
 class SupervisedStep(GANStep):
-    """Generator alone: loss = mean(log10(MSE + min_mse)) (maximise PSNR, the release) or mean MSE, over the
-    valid region of each image."""
+    """Generator alone: loss = mean(log10(MSE + min_mse)) (maximise PSNR, the release), mean MSE, or mean
+    sqrt(MSE + min_mse), over the valid region of each image."""
 
     generator_names = ("g_x",)
 
@@ -221,9 +221,10 @@ class SupervisedStep(GANStep):
         with self.autocast():
             out = self.g_x(batch.x, domain=0)
         out = out.float()
-        if self.config.supervised_loss == "mse":
+        if self.config.supervised_loss in ("mse", "rmse"):
             errors = per_image_mse(out, batch.y, batch.x_mask)
-            loss = errors.mean()
+            rmse = self.config.supervised_loss == "rmse"
+            loss = (errors + self.config.min_mse).sqrt().mean() if rmse else errors.mean()
             train_psnr = float(-10 * torch.log10(errors.detach() + 1e-10).mean())
         else:
             loss = psnr_loss(out, batch.y, batch.x_mask, self.config.min_mse)

@@ -144,10 +144,14 @@ def _fixed_transform_data(testdata, size=64):
     return TrainingData(data, [data.pair(i) for i in range(len(data))])
 
 
-def test_supervised_training_learns_a_global_colour_transform_on_real_photos(testdata):
+@pytest.mark.parametrize(("output", "loss"), [("residual", "log_mse"), ("affine", "rmse")])
+def test_supervised_training_learns_a_global_colour_transform_on_real_photos(testdata, output, loss):
     data = _fixed_transform_data(testdata)
     config = TrainConfig(
         mode="supervised",
+        supervised_loss=loss,
+        min_mse=1e-6,
+        generator={"output": output},
         image_size=64,
         batch_size=4,
         steps=200,
