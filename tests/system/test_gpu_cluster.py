@@ -151,7 +151,7 @@ def test_late_gpu_worker_is_waited_for_and_runs_every_shard(cluster, model_ref, 
     assert cpu_models == []  # the CPU-only worker never loaded the model
     assert statuses[cpu_addr].get("skipped") == "no GPU resource"
     assert statuses[gpu_addr]["done"] and statuses[gpu_addr]["error"] is None
-    assert shard_workers_ok(dst)
+    assert outputs_exist(dst)
 
 
 def test_gpu_worker_joining_mid_run_takes_shards(cluster, model_ref, testdata, tmp_path):
@@ -197,7 +197,7 @@ def test_gpu_worker_joining_mid_run_takes_shards(cluster, model_ref, testdata, t
             procs.stop(late["process"])
 
 
-def shard_workers_ok(dst: Path) -> bool:
+def outputs_exist(dst: Path) -> bool:
     """Every output of the run exists (the records point at files that were written)."""
     return all((dst / r["output"]).is_file() for r in latest_report(dst) if r["status"] == "ok")
 
@@ -409,7 +409,7 @@ def test_tls_cluster_runs_with_dask_security_and_refuses_without(worker_env, pre
             registry_url=str(tmp_path / "registry")), return_state=True)
         summary = state.result()
         assert summary["counts"] == {"ok": 3, "skipped": 0, "error": 0}
-        assert shard_workers_ok(dst)
+        assert outputs_exist(dst)
 
         # The same through a Dask config file (what DASK_CONFIG files hold).
         config = tmp_path / "dask-tls.yaml"
