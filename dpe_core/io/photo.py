@@ -77,6 +77,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from dpe_core.rgbx_view import rgbx_base
+
 if TYPE_CHECKING:
     from dpe_core.io.summary import ExifSummary
 
@@ -117,6 +119,22 @@ class Photo:
 
     def __post_init__(self):
         _check_pixels(self.pixels, self.name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with the RGBX buffer behind RGB-view pixels (contiguous: protocol 5 sends it out of band, no
+        copy; a strided view would be copied in band and arrive without its 4-byte layout)."""
+        state = dict(self.__dict__)
+        base = rgbx_base(self.pixels)
+        if base is not None:
+            state["pixels"], state["_rgbx"] = base, True
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        if state.pop("_rgbx", False):
+            state["pixels"] = state["pixels"][..., :3]
+        _check_pixels(state["pixels"], state.get("name", ""))
+        self.__dict__.update(state)
 
     @property
     def width(self) -> int:

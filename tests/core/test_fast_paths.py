@@ -97,3 +97,16 @@ def test_rgbx_encode_writes_the_same_bytes_as_a_plain_array():
     assert encode_photo(photo.with_pixels(photo.pixels)) == encode_photo(plain)
     img = to_pil(photo.pixels)
     assert img.mode == "RGBX" and np.array_equal(np.asarray(img.convert("RGB")), photo.pixels)
+
+
+def test_pickled_photos_keep_their_rgbx_buffer_out_of_band():
+    import pickle
+
+    photo = decode_photo(_jpeg(), "x.jpg")
+    buffers: list[pickle.PickleBuffer] = []
+    state = pickle.dumps(photo, protocol=5, buffer_callback=buffers.append)
+    assert [b.raw().nbytes for b in buffers] == [photo.pixels.shape[0] * photo.pixels.shape[1] * 4]
+    back = pickle.loads(state, buffers=buffers)
+    assert np.array_equal(back.pixels, photo.pixels) and rgbx_base(back.pixels) is not None
+    assert back.exif == photo.exif and back.name == photo.name and back.carry == photo.carry
+    assert rgbx_base(np.zeros((4, 5, 4), np.uint8)[:, :, 1:]) is None  # the 4th byte would lie past the memory
