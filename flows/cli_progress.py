@@ -33,6 +33,7 @@ class RunDisplay:
                             transient=False, disable=not self.terminal)
         self.task = self.bar.add_task(job, total=None, status="listing ...")
         self._last_line = time.monotonic()
+        self._last_text = ""
         self.lines = 0
 
     def _line(self, text: str) -> None:
@@ -59,9 +60,11 @@ class RunDisplay:
             self.bar.update(self.task, total=event["total"], completed=event["done"],
                             status=" · ".join(p for p in parts if p))
             now = time.monotonic()
-            if not self.terminal and (now - self._last_line >= self.every_s or event.get("final")):
-                self._last_line = now
-                self._line(describe(event, self.unit))
+            text = describe(event, self.unit)
+            due = now - self._last_line >= self.every_s or event.get("final")
+            if not self.terminal and due and text != self._last_text:
+                self._last_line, self._last_text = now, text
+                self._line(text)
 
     def __enter__(self) -> RunDisplay:
         LISTENERS.append(self.listener)

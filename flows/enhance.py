@@ -275,8 +275,9 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
             n_shards = shard_count(len(the_plan.todo), cluster_info.inference_workers, params.shard_size)
             shards = make_shards(the_plan.todo, n_shards, params.previews)
             logger.info("%d shards of ~%d photos", len(shards), math.ceil(len(the_plan.todo) / max(1, n_shards)))
-            with RunProgress(job.records_url, total, done_before, client=client, artifact=progress,
-                             log=logger.info) as live:
+            with RunProgress(job.records_url, total, done_before, client=client, artifact=progress, log=logger.info,
+                             work_total=sum(i.size + FILE_COST_BYTES for i in the_plan.todo),
+                             item_cost=FILE_COST_BYTES) as live:
                 new_records, results, phase_s = run_shards(shards, job, cluster_info, live)
             records.extend(new_records)
 

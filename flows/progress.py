@@ -6,9 +6,10 @@ hands a snapshot to the in-process listeners (the CLI's bar or its log lines), u
 artifact (at most every ``ARTIFACT_EVERY_S``) and logs one line every ``progress_every_s()`` seconds (the run's
 logs in the UI, a worker's log, cron mail): ``12/46 photos (26%), 0 failed, 2.31 photos/s, about 15 s left``.
 
-Rate and time left come from the photos finished in the last ``RATE_WINDOW_S`` seconds (the whole phase until the
-window has filled), counted from the first photo's report: model loading and photos skipped as already done do
-not skew them.
+Rate and time left come from what was finished in the last ``RATE_WINDOW_S`` seconds, counted from the first
+photo's report (model loading and photos skipped as already done do not skew them). Time left is measured in the
+work the shards were balanced by (input bytes plus a fixed cost per photo) when the flow gives its total: shards
+run their costliest photos first, so a count of photos alone would promise too much time early and too little late.
 
 Also here: the in-process listener registry (``LISTENERS``, ``emit``) and ``announce_run``, which tells listeners
 the run's UI address as soon as the flow starts. Imports no torch.
@@ -98,7 +99,7 @@ def describe(snapshot: dict[str, Any], unit: str = "photos") -> str:
 class RateEstimate:
     """Items per second over the last window seconds, counted from the first reported item."""
 
-    def __init__(self, window_s: float = RATE_WINDOW_S, min_span_s: float = 3.0):
+    def __init__(self, window_s: float = RATE_WINDOW_S, min_span_s: float = 5.0):
         self.window_s, self.min_span_s = window_s, min_span_s
         self.samples: deque[tuple[float, int]] = deque()
 
@@ -125,12 +126,17 @@ class RunProgress:
 
     run: the key the workers' events carry (the shards' ``ShardProgress(run=...)``); total: items of the run;
     already: items done before this phase (skipped as done); artifact: an ``flows.artifacts.Progress`` or None;
-    client: the distributed Client to subscribe with (None: only finished shards count); log: a logger's info."""
+    client: the distributed Client to subscribe with (None: only finished shards count); log: a logger's info;
+    work_total / item_cost: the phase's work as input bytes + item_cost per item (time left is estimated from the
+    rate of work when given, else from the rate of items)."""
 
     def __init__(self, run: str, total: int, already: int, *, client: Any = None, artifact: Any = None,
                  log: Callable[..., None] | None = None, unit: str = "photos", job: str = "enhance",
-                 log_every_s: float | None = None, tick_s: float = TICK_S):
+                 log_every_s: float | None = None, tick_s: float = TICK_S, work_total: int | None = None,
+                 item_cost: int = 0, clock: Callable[[], float] = time.monotonic):
         self.run, self.total, self.already, self.unit, self.job = run, total, already, unit, job
+        self.work_total, self.item_cost, self.clock = work_total, item_cost, clock
+        self._work_rate = RateEstimate()
         self.client, self.artifact, self.log = client, artifact, log
         self.log_every_s = log_every_s if log_every_s is not None else progress_every_s()
         self.tick_s = tick_s
@@ -155,6 +161,7 @@ class RunProgress:
             return
         try:
             shard, counts = int(msg["shard"]), {k: int(msg[k]) for k in ("done", "ok", "error")}
+            counts["bytes"] = int(msg.get("bytes") or 0)
         except (KeyError, TypeError, ValueError):
             return
         with self._lock:
@@ -177,18 +184,26 @@ class RunProgress:
 
     def snapshot(self) -> dict[str, Any]:
         """{"done", "total", "ok", "failed", "rate", "eta_s", "elapsed_s"} now."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             parts = list(self._final.values()) + list(self._live.values())
             done_here = sum(p["done"] for p in parts)
+            work = sum(p.get("bytes", 0) for p in parts) + self.item_cost * done_here
             if done_here:
                 self._rate.add(now, done_here)
+                self._work_rate.add(now, work)
             rate = self._rate.rate(now)
+            work_rate = self._work_rate.rate(now)
         left = self.total - self.already - done_here
+        if left <= 0:
+            eta = 0.0
+        elif self.work_total is not None:
+            eta = max(0, self.work_total - work) / work_rate if work_rate and rate else None
+        else:
+            eta = left / rate if rate else None
         return {"done": self.already + done_here, "total": self.total, "ok": sum(p["ok"] for p in parts),
                 "failed": sum(p["error"] for p in parts), "rate": round(rate, 3) if rate else None,
-                "eta_s": round(left / rate, 1) if rate and left > 0 else (0.0 if left <= 0 else None),
-                "elapsed_s": round(now - self.started, 1)}
+                "eta_s": round(eta, 1) if eta is not None else None, "elapsed_s": round(now - self.started, 1)}
 
     def tick(self, final: bool = False) -> dict[str, Any]:
         """Emit the snapshot when it changed; the artifact and the log line when they are due."""

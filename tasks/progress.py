@@ -40,10 +40,12 @@ def _dask_worker() -> Any | None:
 
 
 def counts_of(records: Sequence[dict[str, Any]], ok: str = "ok") -> dict[str, int]:
-    """{"done", "ok", "error"} of per-file records (``ok``: the status that counts as success)."""
+    """{"done", "ok", "error", "bytes"} of per-file records (``ok``: the status that counts as success; bytes: the
+    inputs' sizes, the work measure the shards were balanced by)."""
     good = sum(r.get("status") == ok for r in records)
     failed = sum(r.get("status") in ("error", "invalid") for r in records)
-    return {"done": len(records), "ok": good, "error": failed}
+    size = sum(int(r.get("input_size") or r.get("bytes") or 0) for r in records)
+    return {"done": len(records), "ok": good, "error": failed, "bytes": size}
 
 
 class ShardProgress:

@@ -56,7 +56,21 @@ def test_shard_progress_is_throttled_and_cumulative():
         records.append({"status": status})
         progress.update(records)
     progress.update(records, force=True)
-    assert sent == [{"run": "run-a", "shard": 3, "done": 1, "ok": 1, "error": 0},
-                    {"run": "run-a", "shard": 3, "done": 4, "ok": 3, "error": 1}]
-    assert counts_of([{"status": "valid"}, {"status": "invalid"}], ok="valid") == {"done": 2, "ok": 1, "error": 1}
+    assert sent == [{"run": "run-a", "shard": 3, "done": 1, "ok": 1, "error": 0, "bytes": 0},
+                    {"run": "run-a", "shard": 3, "done": 4, "ok": 3, "error": 1, "bytes": 0}]
+    assert counts_of([{"status": "valid", "bytes": 5}, {"status": "invalid", "bytes": 7}], ok="valid") == {
+        "done": 2, "ok": 1, "error": 1, "bytes": 12}
     assert ShardProgress("run-a", 0).send is None  # outside a Dask worker nothing is sent
+
+
+def test_time_left_follows_the_work_not_the_photo_count():
+    """Shards run their costliest photos first: with 2 big photos of 10 done (half the work: 2 x 400 bytes of 1600),
+    the time left is that of the remaining work, not of 8 more photos at the pace of the big ones."""
+    now = [0.0]
+    progress = RunProgress("run-a", total=10, already=0, work_total=1600, item_cost=0, clock=lambda: now[0])
+    progress.on_event((1.0, {"run": "run-a", "shard": 0, "done": 1, "ok": 1, "error": 0, "bytes": 400}))
+    progress.snapshot()  # the first report: where rates are counted from
+    now[0] = 10.0
+    progress.on_event((1.0, {"run": "run-a", "shard": 0, "done": 2, "ok": 2, "error": 0, "bytes": 800}))
+    snap = progress.snapshot()
+    assert snap["rate"] == 0.1 and snap["eta_s"] == 20.0, snap  # by photo count: 80 s

@@ -18,11 +18,14 @@ import uuid
 from tests.conftest import REPO, dpe_command
 from tests.tasks.helpers import make_folder
 
-# 12 real photos of 0.5-5 MP (each takes the model ~0.3-1 s here) and one that cannot be decoded.
-PHOTOS = {f"p{i:02d}_{name}": f"natural/{name}" for i, name in enumerate([
+# 18 real photos of 0.3-5 MP (each takes the model ~0.3-1 s here) and one that cannot be decoded.
+GOOD = {f"p{i:02d}_{name}": f"natural/{name}" for i, name in enumerate([
     "lomiri_wine.jpg", "hubble.jpg", "lomiri_friends.jpg", "lomiri_picture0b.jpg", "lomiri_bridge.jpg",
     "lomiri_aitzgorri.jpg", "lomiri_sunset.jpg", "lomiri_seeding.jpg", "lomiri_dragonfly.jpg", "lomiri_life.jpg",
-    "lomiri_picosdeeuropa.jpg", "dahlia.jpg"])} | {"z_corrupt.jpg": "edge/corrupt_random.jpg"}
+    "lomiri_picosdeeuropa.jpg", "dahlia.jpg", "motorcycle.png", "coffee.png", "flowers.png", "snake.png",
+    "branches.png", "astronaut.png"])}
+PHOTOS = GOOD | {"z_corrupt.jpg": "edge/corrupt_random.jpg"}
+N = len(PHOTOS)
 SHARDS = 2
 UI_LINE = re.compile(r"^enhance run (\S+): (http://127\.0\.0\.1:\d+)/runs/flow-run/([0-9a-f-]{36})$", re.M)
 
@@ -52,44 +55,45 @@ def test_enhance_without_a_terminal_prints_its_ui_address_and_a_progress_line_pe
     src = make_folder(tmp_path / "photos", testdata, PHOTOS)
     env = cli_env | {"DPE_PROGRESS_EVERY_S": "0.2"}
     started = time.perf_counter()
-    done = subprocess.run(dpe_command("enhance", str(src), str(tmp_path / "out"), "--shard-size", "7", "--workers",
-                                      "2", "--json"), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(dpe_command("enhance", str(src), str(tmp_path / "out"), "--shard-size", str(N // 2 + 1),
+                                      "--workers", "2", "--json"), env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
     elapsed = time.perf_counter() - started
     assert done.returncode == 1, done.stderr[-4000:]  # the corrupt photo failed, the others are done
     summary = json.loads(done.stdout)
-    assert summary["shards"] == SHARDS and summary["counts"]["ok"] == 12
+    assert summary["shards"] == SHARDS and summary["counts"]["ok"] == len(GOOD)
 
     # The run's UI address, printed when the flow started (before any progress), names this very run.
     match = UI_LINE.search(done.stderr)
     assert match, done.stderr[-3000:]
     name, ui, flow_run_id = match.groups()
     assert ui == cli_env["PREFECT_API_URL"].removesuffix("/api") and summary["run_id"].endswith(f"-{name}")
-    assert done.stderr.index(match.group(0)) < done.stderr.index(" enhance: 13 photos: 13 to do")
+    assert done.stderr.index(match.group(0)) < done.stderr.index(f" enhance: {N} photos: {N} to do")
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(uuid.UUID(flow_run_id))
     assert run.name == name and run.state.name == "Completed with failures"
 
-    # No terminal: no bar, lines 'HH:MM:SS enhance: 5/13 photos (38%), 0 failed, 1.20 photos/s, about 7 s left'
+    # No terminal: no bar, lines 'HH:MM:SS enhance: 5/19 photos (26%), 0 failed, 1.20 photos/s, about 7 s left'
     # whose counts move photo by photo, far more often than the 2 shards finish.
-    lines = [line for line in done.stderr.splitlines() if re.match(r"^\d\d:\d\d:\d\d enhance: \d+/13 photos", line)]
-    values = _progress_values("\n".join(lines), "photos", 13)
+    lines = [line for line in done.stderr.splitlines() if re.match(rf"^\d\d:\d\d:\d\d enhance: \d+/{N} photos", line)]
+    values = _progress_values("\n".join(lines), "photos", N)
     assert len(set(values)) > SHARDS + 2, lines
-    assert values == sorted(values) and values[-1] == 13, lines
+    assert values == sorted(values) and values[-1] == N, lines
     assert any(re.search(r"\d+\.\d\d photos/s, about \d+ (s|min \d\d s) left$", line) for line in lines), lines
     assert "1 failed" in lines[-1], lines
     assert "\r" not in done.stderr and "━" not in done.stderr  # no bar drawn into a pipe
 
     # The same progress in the run's own logs (what the UI and a worker's log show) and its progress artifact.
-    messages = _flow_run_logs(flow_run_id, "progress: 13/13 photos")
+    messages = _flow_run_logs(flow_run_id, f"progress: {N}/{N} photos")
     progress_logs = [m for m in messages if m.startswith("progress: ")]
-    assert len(set(_progress_values("\n".join(progress_logs), "photos", 13))) > SHARDS, progress_logs
+    assert len(set(_progress_values("\n".join(progress_logs), "photos", N))) > SHARDS, progress_logs
     from tests.system.test_enhance import flow_run_artifacts
 
     [artifact] = [a for a in flow_run_artifacts(uuid.UUID(flow_run_id)) if a.type == "progress"]
-    assert float(artifact.data) == 100.0 and "13/13 photos (100%), 1 failed" in artifact.description
-    print(f"dpe enhance, 13 photos, 2 shards, no terminal: {elapsed:.1f} s, {len(lines)} progress lines, "
+    assert float(artifact.data) == 100.0 and f"{N}/{N} photos (100%), 1 failed" in artifact.description
+    print(f"dpe enhance, {N} photos, 2 shards, no terminal: {elapsed:.1f} s, {len(lines)} progress lines, "
           f"{len(set(values))} distinct counts; {len(progress_logs)} progress lines in the run's logs")
 
 
@@ -121,19 +125,19 @@ def _run_in_pty(argv: list[str], env: dict, timeout_s: float = 600) -> tuple[int
 
 
 def test_enhance_in_a_terminal_moves_its_bar_photo_by_photo(cli_env, testdata, tmp_path):
-    photos = {k: v for k, v in PHOTOS.items() if k != "z_corrupt.jpg"}
-    src = make_folder(tmp_path / "photos", testdata, photos)
+    src = make_folder(tmp_path / "photos", testdata, GOOD)
     env = cli_env | {"COLUMNS": "160", "TERM": "xterm"}
     env.pop("DPE_PROGRESS_EVERY_S", None)
-    code, screen = _run_in_pty(dpe_command("enhance", str(src), str(tmp_path / "out"), "--shard-size", "6",
-                                           "--workers", "2"), env)
+    code, screen = _run_in_pty(dpe_command("enhance", str(src), str(tmp_path / "out"), "--shard-size",
+                                           str(len(GOOD) // 2), "--workers", "2"), env)
     assert code == 0, screen[-3000:]
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)  # colours and cursor moves off
     assert re.search(r"enhance run \S+: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}\r?\n", plain), plain[-3000:]
     # The bar is redrawn in place with its done/total column: every photo shows up.
-    counts = [int(m) for m in re.findall(r"[━╸╺]\s+(\d+)/12\b", plain)]
+    counts = [int(m) for m in re.findall(rf"[━╸╺]\s+(\d+)/{len(GOOD)}\b", plain)]
     assert len(set(counts)) > SHARDS + 2, sorted(set(counts))
-    assert max(counts) == 12 and re.search(r"\d+\.\d\d photos/s · (\d+ s|\d+ min \d\d s) left", plain), plain[-3000:]
+    assert max(counts) == len(GOOD), plain[-3000:]
+    assert re.search(r"\d+\.\d\d photos/s · (\d+ s|\d+ min \d\d s) left", plain), plain[-3000:]
     assert not re.search(r"^\d\d:\d\d:\d\d enhance:", screen, re.M)  # no log lines in a terminal
 
 
