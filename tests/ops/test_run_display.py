@@ -15,6 +15,8 @@ import subprocess
 import time
 import uuid
 
+import pytest
+
 from tests.conftest import REPO, dpe_command
 from tests.tasks.helpers import make_folder
 
@@ -50,6 +52,7 @@ def _flow_run_logs(flow_run_id: str, wanted: str, timeout_s: float = 30.0) -> li
         time.sleep(1)
 
 
+@pytest.mark.slow
 def test_enhance_without_a_terminal_prints_its_ui_address_and_a_progress_line_per_interval(cli_env, testdata,
                                                                                          tmp_path):
     src = make_folder(tmp_path / "photos", testdata, PHOTOS)
@@ -124,6 +127,7 @@ def _run_in_pty(argv: list[str], env: dict, timeout_s: float = 600) -> tuple[int
         os.close(master)
 
 
+@pytest.mark.slow
 def test_enhance_in_a_terminal_moves_its_bar_photo_by_photo(cli_env, testdata, tmp_path):
     src = make_folder(tmp_path / "photos", testdata, GOOD)
     env = cli_env | {"COLUMNS": "160", "TERM": "xterm"}
@@ -141,6 +145,7 @@ def test_enhance_in_a_terminal_moves_its_bar_photo_by_photo(cli_env, testdata, t
     assert not re.search(r"^\d\d:\d\d:\d\d enhance:", screen, re.M)  # no log lines in a terminal
 
 
+@pytest.mark.slow
 def test_ingest_without_a_terminal_shows_files_done_and_time_left(cli_env, testdata, tmp_path):
     files = {f"{i}_{rel.split('/')[-1]}": rel for i, rel in enumerate(list(PHOTOS.values()) * 2)}
     src = make_folder(tmp_path / "photos", testdata, files)

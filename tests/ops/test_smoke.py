@@ -10,6 +10,8 @@ import re
 import subprocess
 import time
 
+import pytest
+
 from flows.server import healthy
 from tests.conftest import REPO
 from tests.tasks.helpers import image_files, make_folder, sha256_files
@@ -26,6 +28,7 @@ def _gone(pid: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_smoke_script_runs_the_adhoc_deployment_through_a_worker_and_cleans_up(testdata, tmp_path):
     src = make_folder(tmp_path / "photos", testdata, PHOTOS)
     before = sha256_files(src)
@@ -76,6 +79,7 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_smoke_script_interrupted_mid_run_stops_the_run_and_everything_else(testdata, tmp_path):
     """SIGTERM (what a CI timeout or `kill` sends) while the run's Dask cluster is working: the trap stops the
     run's flow process and its Dask workers (the worker started them in a process group of their own), the worker
