@@ -34,7 +34,8 @@ def test_smoke_script_runs_the_adhoc_deployment_through_a_worker_and_cleans_up(t
     before = sha256_files(src)
     dst = tmp_path / "enhanced"
     # The operator's shell: no Prefect server configured (the script starts its own), an unrelated one ignored.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DPE_"))}
+    # (DPE_VERSION_CHECK=release from tests/conftest.py stays: other sessions edit this checkout while tests run.)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DPE_HOME"}
     env |= {"PREFECT_API_URL": "http://127.0.0.1:9/api", "TMPDIR": str(tmp_path)}
 
     assert subprocess.run(["bash", "deploy/smoke.sh", str(src)], cwd=REPO, env=env, capture_output=True,
@@ -86,7 +87,8 @@ def test_smoke_script_interrupted_mid_run_stops_the_run_and_everything_else(test
     and the server, by the ids it saved or read from the API, and the script exits 143."""
     src = make_folder(tmp_path / "photos", testdata, {f"{i}_{k}": v for i in range(4) for k, v in PHOTOS.items()
                                                       if k != "corrupt_random.jpg"})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DPE_"))} | {"TMPDIR": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DPE_HOME"}
+    env["TMPDIR"] = str(tmp_path)
     err_path = tmp_path / "smoke.err"
     with open(err_path, "w") as err, open(tmp_path / "smoke.out", "w") as out:
         script = subprocess.Popen(["bash", "deploy/smoke.sh", str(src), str(tmp_path / "enhanced")], cwd=REPO,
