@@ -1,0 +1,259 @@
+"""The Prefect UI as an operator uses it, in headless Chromium (Debian's chromium, driven by Python playwright):
+`dpe deploy` on the session's real Prefect server, the ad-hoc enhance deployment's page and its parameter form,
+an ad-hoc run launched from that form (source, destination and Dask address typed in, "Submit") and run by a real
+process worker on real photos (one corrupt), then the finished run's page, the runs list and every artifact
+(progress, counts table, summary with failures and before/after previews) - each checked for the run's own numbers
+and saved as a screenshot.
+
+Screenshots go to $DPE_UI_SCREENSHOTS when set (docs/images/ui/ holds a committed set), else to the test's temp
+folder; the test prints where. docs/ui.md says what each shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, dpe_command
+from tests.tasks.helpers import image_files, make_folder
+
+CHROMIUM = Path(os.environ.get("DPE_CHROMIUM", "/usr/bin/chromium"))
+# What the test asks of Chromium: no sandbox (root in CI), nothing fetched from the network, a fresh profile.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+POOL = "dpe-ui-test"
+PHOTOS = {"chelsea.png": "natural/chelsea.png", "astronaut.png": "natural/astronaut.png",
+          "trip/china.jpg": "natural/china.jpg", "corrupt_random.jpg": "edge/corrupt_random.jpg"}
+COUNTS = "3 ok, 1 failed, 0 skipped of 4 photos"  # the run's numbers, as the artifacts' descriptions word them
+NAV = {"Dashboard", "Runs", "Flows", "Deployments", "Work Pools", "Blocks", "Variables", "Automations", "Event Feed",
+       "Concurrency", "Settings", "Switch to V2 UI"}
+
+
+class Browser:
+    """One Chromium page on a fresh profile; each view is loaded, settled, saved as a screenshot and read as text."""
+
+    def __init__(self, ui_url: str, shots: Path):
+        self.ui_url, self.shots, self.saved = ui_url, shots, []
+
+    def __enter__(self) -> Browser:
+        from playwright.sync_api import sync_playwright
+
+        assert CHROMIUM.is_file(), (f"no Chromium at {CHROMIUM}: `bash deploy/install.sh --with-browser` installs "
+                                    "Debian's chromium (or set DPE_CHROMIUM)")
+        self._profile = tempfile.TemporaryDirectory(prefix="dpe-ui-chromium-")
+        self._playwright = sync_playwright().start()
+        # playwright passes --user-data-dir itself for a persistent context: a fresh folder per test.
+        self.context = self._playwright.chromium.launch_persistent_context(
+            self._profile.name, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1100})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.context.close()
+        self._playwright.stop()
+        self._profile.cleanup()
+
+    def open(self, path: str) -> None:
+        self.page.goto(self.ui_url + path)
+        self.page.wait_for_load_state("networkidle")
+
+    def wait_for_text(self, *texts: str, timeout_s: float = 30) -> str:
+        """The page's visible text (navigation left out) once it contains every one of texts (the UI fills its
+        panes one API answer at a time)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            body = self.text()
+            if all(text in body for text in texts) or time.monotonic() > deadline:
+                return body
+            time.sleep(0.3)
+
+    def text(self) -> str:
+        return "\n".join(line for line in self.page.inner_text("body").splitlines() if line.strip() not in NAV)
+
+    def shot(self, name: str, height: int | None = None) -> None:
+        """Save the view; height enlarges the window first (the UI scrolls inside its own panes)."""
+        if height:
+            self.page.set_viewport_size({"width": 1400, "height": height})
+        time.sleep(0.5)  # let charts and images settle
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        self.saved.append(path)
+        if height:
+            self.page.set_viewport_size({"width": 1400, "height": 1100})
+
+    def field(self, label: str):
+        """The text box of the form field labelled `label` (the Prefect UI's labels do not point at their inputs)."""
+        return self.page.locator(f".schema-form-property__label:text-is('{label}')").locator(
+            "xpath=ancestor::div[.//textarea][1]").locator("textarea").first
+
+
+def _dpe(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(dpe_command(*args), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _run_of(deployment_id: str, source_url: str, timeout_s: float = 30) -> str:
+    """The id of the deployment's flow run on source_url (the one the form just created)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployment_id]))) if r.parameters["params"]["source_url"] == source_url]
+            if runs or time.monotonic() > deadline:
+                assert len(runs) == 1, runs
+                return str(runs[0].id)
+            time.sleep(0.5)
+
+
+def _wait_final(flow_run_id: str, timeout_s: float):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if (run.state and run.state.is_final()) or time.monotonic() > deadline:
+                return run
+            time.sleep(1)
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("DPE_UI_SCREENSHOTS") or tmp_path / "ui-screenshots").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_ui_shows_the_deployment_form_and_a_finished_runs_numbers(prefect_server, s3_endpoint, dask_address,
+                                                                  testdata, tmp_path, shots):
+    started = time.perf_counter()
+    src = make_folder(tmp_path / "photos", testdata, PHOTOS)
+    dst = tmp_path / "enhanced"
+    _, s3_env = s3_endpoint
+    env = dict(os.environ) | s3_env | {"PREFECT_API_URL": prefect_server.api_url, "PYTHONUNBUFFERED": "1",
+                                       "DPE_HOME": str(tmp_path / "dpe-home"),
+                                       "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    done = _dpe(["deploy", "--pool", POOL, "--json"], env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    [adhoc] = [d for d in json.loads(done.stdout)["deployments"] if d["deployment"] == "enhance-archive/enhance-adhoc"]
+
+    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--name",
+                               "ui-test-worker"], env=env | {"DPE_CHECKOUT": str(REPO),
+                                                             "PREFECT_WORKER_QUERY_SECONDS": "1"},
+                              cwd=tmp_path, stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        with Browser(prefect_server.ui_url, shots) as ui:
+            # The deployment: its defaults under Parameters ...
+            ui.open(f"/deployments/deployment/{adhoc['id']}?tab=Parameters")
+            page = ui.wait_for_text("s3://photo-archive/enhanced-adhoc", POOL)
+            assert "enhance-adhoc" in page and POOL in page, page
+            assert "s3://photo-archive/enhanced-adhoc" in page and "tcp://dask-scheduler:8786" in page, page
+            ui.shot("01-deployment-parameters")
+
+            # ... and its run form, built from the parameter model: labels, descriptions, defaults filled in.
+            ui.open(f"/deployments/deployment/{adhoc['id']}/run")
+            page = ui.wait_for_text("Source Url", "Min Gpu Workers (Optional)")
+            for label in ("Source Url", "Dest Url", "Model (Optional)", "Mode (Optional)", "Strength (Optional)",
+                          "Dask Address (Optional)", "Min Gpu Workers (Optional)"):
+                assert label in page, (label, page)
+            assert "Folder or bucket prefix of originals (never written)." in page
+            assert "0 keeps the original, 1 the full correction" in page
+            assert ui.field("Source Url").input_value() == "s3://photo-archive/uploads"
+            assert ui.field("Dest Url").input_value() == "s3://photo-archive/enhanced-adhoc"
+            assert ui.field("Dask Address (Optional)").input_value() == "tcp://dask-scheduler:8786"
+            ui.shot("02-deployment-run-form", height=2000)
+
+            # An ad-hoc run launched from the form, as an operator does: three fields typed in, Submit.
+            ui.field("Source Url").fill(str(src))
+            ui.field("Dest Url").fill(str(dst))
+            ui.field("Dask Address (Optional)").fill(dask_address)
+            ui.page.get_by_role("button", name="Submit").click()
+            ui.page.wait_for_url(re.compile(rf".*/deployments/deployment/{adhoc['id']}(\?.*)?$"), timeout=30_000)
+            submitted = ui.wait_for_text("scheduled to start")  # back on the deployment, a toast names the run
+            ui.shot("03-run-submitted")
+            flow_run_id = _run_of(adhoc["id"], str(src))
+            run = _wait_final(flow_run_id, timeout_s=240)
+            assert run.state.is_final(), f"{run.state}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+            assert run.state.name == "Completed with failures", (run.state, (tmp_path / "worker.log").read_text())
+            assert f"{run.name} scheduled to start" in submitted, submitted
+            params = run.parameters["params"]
+            assert (params["source_url"], params["dest_url"], params["dask_address"]) == (str(src), str(dst),
+                                                                                        dask_address)
+            assert params["mode"] == "full" and params["model"] == "default"  # the form kept the other defaults
+            assert sorted(image_files(dst)) == ["astronaut.png", "chelsea.png", "trip/china.jpg"]
+
+            # The finished run's page: its state and message, then its artifacts, each card with the counts.
+            ui.open(f"/runs/flow-run/{flow_run_id}")
+            page = ui.wait_for_text("Completed with failures", "corrupt_random.jpg: corrupt photo")
+            assert run.name in page and "Completed with failures" in page and "enhance-adhoc" in page, page
+            assert "WARNING" in page and "corrupt_random.jpg: corrupt photo" in page, page  # the log names it
+            ui.shot("04-run-logs")
+            ui.page.get_by_text("Artifacts", exact=True).first.click()
+            page = ui.wait_for_text("MARKDOWN", COUNTS, "4/4 photos (100%)")
+            assert {"TABLE", "PROGRESS", "MARKDOWN"} <= set(page.split()), page
+            assert page.count(COUNTS) >= 1 and "4/4 photos (100%), 1 failed" in page, page
+            ui.shot("05-run-artifacts")
+
+            from tests.system.test_enhance import flow_run_artifacts
+
+            artifacts = {a.type: a for a in flow_run_artifacts(flow_run_id)}
+            assert set(artifacts) == {"progress", "table", "markdown"}
+
+            ui.open(f"/artifacts/artifact/{artifacts['progress'].id}")
+            page = ui.wait_for_text("Progress: 100%", "4/4 photos")
+            assert "Progress: 100%" in page and f"Enhancing {src} -> {dst}: 4/4 photos (100%), 1 failed" in page, page
+            ui.shot("06-artifact-progress")
+
+            ui.open(f"/artifacts/artifact/{artifacts['table'].id}")
+            page = ui.wait_for_text("photos listed", "run total (s)", COUNTS)
+            assert COUNTS in page, page
+            rows = dict(re.findall(r"^(photos listed|enhanced \(ok\)|skipped \(already done\)|failed|workers)\n\s*"
+                                   r"(\S+)$", page, re.M))
+            assert rows == {"photos listed": "4", "enhanced (ok)": "3", "skipped (already done)": "0",
+                            "failed": "1", "workers": "2"}, page
+            assert "None" not in page.split("Show raw data")[0], page  # empty figures read n/a
+            ui.shot("07-artifact-counts")
+
+            ui.open(f"/artifacts/artifact/{artifacts['markdown'].id}")
+            page = ui.wait_for_text("Before / after", "trip/china.jpg", COUNTS)
+            assert f"{src} -> {dst}: {COUNTS}" in page, page
+            assert "3 ok, 0 skipped, 1 failed of 4 photos" in page and f"Destination: {dst}" in page, page
+            assert re.search(r"^corrupt_random\.jpg\s+corrupt_random\.jpg: corrupt photo", page, re.M), page
+            previews = ui.page.locator("img[src^='data:image/jpeg;base64,']")
+            assert previews.count() == 6  # before and after of each enhanced photo
+            widths = [previews.nth(i).evaluate("img => img.complete && img.naturalWidth") for i in range(6)]
+            assert all(w and w > 0 for w in widths), widths  # decoded, not broken-image icons
+            for name in ("astronaut.png", "chelsea.png", "trip/china.jpg"):
+                assert re.search(rf"^{re.escape(name)}\s*$", page, re.M), (name, page)
+            ui.shot("08-artifact-summary", height=1400)
+
+            # The runs list shows the run under its state's name. (The deployment page's own Runs tab does not:
+            # its default filter lists state names, and "Completed with failures" is not one of them; docs/ui.md.)
+            ui.open("/runs")
+            page = ui.wait_for_text(run.name, "Completed with failures")
+            assert run.name in page and "Completed with failures" in page, page
+            ui.shot("09-runs-list")
+            assert not ui.errors, ui.errors  # no uncaught script errors on any page
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(10)
+        worker_log.close()
+    assert len(ui.saved) == 9 and all(p.stat().st_size > 10_000 for p in ui.saved)
+    print(f"UI check: {time.perf_counter() - started:.1f} s; screenshots in {shots}")
