@@ -67,12 +67,14 @@ def quality(
     mode: str = typer.Option("full", help="Enhancer mode: full, paper or tiled."),
     strength: float | None = typer.Option(None, help="Enhancer strength in [0, 1]."),
     out_dir: str | None = typer.Option(None, "--out", help="Folder for the contact sheets (PNG)."),
+    draws: int = typer.Option(1, help="Fixed defect draws per photo (1: the single-draw benchmark)."),
+    per_defect: bool = typer.Option(False, "--per-defect", help="Also score single defects one at a time."),
 ) -> None:
     """Score models against classical baselines on damaged real photos: PSNR, SSIM, CIEDE2000, no-harm."""
     import subprocess
 
     # The measurement needs torch; it runs as `python -m dpe_core.quality` so this process stays torch-free.
-    argv = [sys.executable, "-m", "dpe_core.quality", "--mode", mode]
+    argv = [sys.executable, "-m", "dpe_core.quality", "--mode", mode, "--draws", str(draws)]
     for flag, value in (("--photos", photos), ("--max-side", max_side), ("--strength", strength),
                         ("--out", out_dir), ("--names", names)):
         if value is not None:
@@ -85,6 +87,8 @@ def quality(
         argv += ["--family", name]
     if all_photos:
         argv.append("--all-photos")
+    if per_defect:
+        argv.append("--per-defect")
     raise typer.Exit(subprocess.call(argv))
 
 

@@ -106,6 +106,24 @@ def random_degradation(rng: random.Random, strength: float = 1.0, clean_share: f
     )
 
 
+#: One family-A defect at a time, each about two thirds of the way to the end of its range, in both directions
+#: where the family goes both ways: which defects a model corrects and which it leaves or adds (`dpe quality
+#: --per-defect`). A mixed draw hides this; a model can gain on average while it cannot undo one stop of exposure.
+SINGLE_DEFECTS: dict[str, Degradation] = {
+    "exposure -1 stop": Degradation(exposure_stops=-1.0),
+    "exposure +0.8 stop": Degradation(exposure_stops=0.8),
+    "gamma 1.4 (dark mid-tones)": Degradation(gamma=1.4),
+    "gamma 0.7 (light mid-tones)": Degradation(gamma=0.7),
+    "contrast 0.7 (flat)": Degradation(contrast=0.7),
+    "contrast 1.3 (harsh)": Degradation(contrast=1.3),
+    "saturation 0.6 (dull)": Degradation(saturation=0.6),
+    "saturation 1.4 (garish)": Degradation(saturation=1.4),
+    "warm cast": Degradation(white_balance=(1.15, 1.0, 0.85)),
+    "cool cast": Degradation(white_balance=(0.85, 1.0, 1.15)),
+    "lifted blacks 0.1": Degradation(black_lift=0.1),
+}
+
+
 def benchmark_degradations(count: int, seed: int = 2018) -> list[Degradation]:
     """The fixed list of family-A degradations used by benchmarks and held-out evaluation (all damaged)."""
     rng = random.Random(seed)

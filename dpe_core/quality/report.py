@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dpe_core.quality.baselines import BASELINES
-from dpe_core.quality.degradations import benchmark_degradations
+from dpe_core.quality.degradations import SINGLE_DEFECTS, benchmark_degradations
 from dpe_core.quality.family_b import benchmark_defects_b
 from dpe_core.quality.metrics import ciede2000, psnr, ssim
 
@@ -146,6 +146,38 @@ def evaluate(photos: Sequence[tuple[str, np.ndarray]], family: str, models: dict
     return QualityResult(family, [n for n, _ in photos], scores, samples, time.perf_counter() - started)
 
 
+def evaluate_single_defects(photos: Sequence[tuple[str, np.ndarray]], models: dict[str, Method],
+                            baselines: dict[str, Method] | None = None) -> dict[str, dict[str, float]]:
+    """Mean PSNR (dB) per single defect (rows, ``SINGLE_DEFECTS``) and method (columns): every photo damaged by
+    one defect at a time and restored by every baseline and model. photos: (name, HxWx3 float32 in [0,1])."""
+    baselines = BASELINES if baselines is None else baselines
+    methods = dict(baselines) | dict(models)
+    table: dict[str, dict[str, float]] = {}
+    for defect_name, defect in SINGLE_DEFECTS.items():
+        sums = dict.fromkeys(methods, 0.0)
+        for _, original in photos:
+            damaged = defect.apply(torch.from_numpy(original).permute(2, 0, 1)).permute(1, 2, 0).contiguous().numpy()
+            reference = torch.from_numpy(original).permute(2, 0, 1)
+            for method_name, method in methods.items():
+                restored = np.clip(method(damaged), 0, 1).astype(np.float32)
+                sums[method_name] += psnr(torch.from_numpy(restored).permute(2, 0, 1), reference)
+        table[defect_name] = {name: total / len(photos) for name, total in sums.items()}
+    return table
+
+
+def format_defect_table(table: dict[str, dict[str, float]]) -> str:
+    """Rows: defects; columns: methods (mean PSNR dB); the best method of each row is marked with *."""
+    methods = list(next(iter(table.values())))
+    width = max(12, *(len(m) for m in methods))
+    lines = [f"{'defect':<28}" + "".join(f" {m:>{width}}" for m in methods)]
+    lines.append("-" * len(lines[0]))
+    for defect, row in table.items():
+        best = max(row.values())
+        cells = "".join(f" {(f'{v:.2f}' + ('*' if v == best else ' ')):>{width}}" for v in row.values())
+        lines.append(f"{defect:<28}{cells}")
+    return "\n".join(lines)
+
+
 def format_table(result: QualityResult) -> str:
     """The table as text: one row per method; 'vs best classical' for models (PSNR dB difference)."""
     rows = result.rows()
@@ -237,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     parser.add_argument("--draws", type=int, default=1, help="fixed defect draws per photo (1: the single-draw "
                         "benchmark; more average out lucky draws)")
+    parser.add_argument("--per-defect", action="store_true", help="also a table of single defects (one at a time, "
+                        "both directions): which ones each method corrects")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
 
@@ -281,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             sheet = contact_sheet(result, args.out / f"contact-family-{family}.png")
             print(f"contact sheet: {sheet}")
+    if args.per_defect:
+        print("\nsingle defects (family A's kinds, one at a time), mean PSNR dB against the original:")
+        print(format_defect_table(evaluate_single_defects(photos, models)))
     return 0
 
 

@@ -135,3 +135,21 @@ def test_several_draws_per_photo_extend_the_single_draw_benchmark():
     assert len(three.scores["identity"].noharm) == 2  # no-harm once per photo, not per draw
     with pytest.raises(ValueError, match="draws"):
         evaluate(photos, "A", model, draws=0)
+
+
+def test_single_defect_table_shows_which_defects_each_method_undoes(testdata):
+    from dpe_core.quality.degradations import SINGLE_DEFECTS
+    from dpe_core.quality.report import evaluate_single_defects, format_defect_table, load_photos
+
+    photos = load_photos(testdata / "natural", ["kpa_pool.jpg", "china.jpg"], max_side=128)
+    undo_warm = {"undo warm": lambda image: np.clip(image / np.array([1.15, 1.0, 0.85], np.float32), 0, 1)}
+    table = evaluate_single_defects(photos, undo_warm)
+    assert list(table) == list(SINGLE_DEFECTS)  # every defect, in both directions, one row each
+    # A method that exactly inverts one defect wins that row and loses where it adds a cast of its own.
+    assert table["warm cast"]["undo warm"] > table["warm cast"]["identity"] + 10
+    assert table["saturation 0.6 (dull)"]["undo warm"] < table["saturation 0.6 (dull)"]["identity"]
+    # Per-channel stretching undoes a linear exposure loss on full-range photos; gray-world does not.
+    row = table["exposure -1 stop"]
+    assert row["autocontrast"] > row["identity"] + 8 and row["gray-world"] < row["identity"] + 1
+    text = format_defect_table(table)
+    assert "exposure -1 stop" in text and "undo warm" in text and "*" in text
