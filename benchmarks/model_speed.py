@@ -119,7 +119,7 @@ def main() -> None:
                 with torch.inference_mode(), autocast:
                     net(x)
 
-            candidates[f"Enhancer net (folded, channels_last), {tag}"] = (folded, batch, dtype, batch)
+            candidates[f"Enhancer net (folded, channels_last), batch {batch}, {tag}"] = (folded, batch, dtype, batch)
             if batch == max(args.batch):
                 candidates[f"Enhancer.enhance_batch paper, uint8, {tag}"] = (
                     lambda e=enhancer, k=batch: e.enhance_batch(photos[:k], "paper"), batch, dtype, batch)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dpe_core.rgbx_view import rgbx_base
+from dpe_core.rgbx_view import recycled_empty, rgbx_base
 from dpe_core.threads import StripPool
 
 DEFAULT_RADIUS = 2
@@ -106,7 +106,7 @@ class PixelSink:
         else:
             dtype = d.dtype if d.dtype in (np.uint8, np.uint16) else np.dtype(np.float32)
             if dtype == np.uint8:  # the RGB view of an RGBX buffer: Pillow encodes it without a copy (io/rgbx.py)
-                self.data = np.empty((like.height, like.width, 4), dtype=dtype)[..., :3]
+                self.data = recycled_empty((like.height, like.width, 4))[..., :3]
                 self.x_free = True
             else:
                 self.data = np.empty((like.height, like.width, 3), dtype=dtype)

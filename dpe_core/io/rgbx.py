@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from dpe_core.rgbx_view import rgbx_base
+from dpe_core.rgbx_view import recycled_empty, rgbx_base
 
 
 def rgbx_buffer(height: int, width: int) -> np.ndarray:
     """A new HxWx4 uint8 buffer (uninitialised); its ``[..., :3]`` view is an RGB image Pillow can map."""
-    return np.empty((height, width, 4), dtype=np.uint8)
+    return recycled_empty((height, width, 4))  # large ones reuse released buffers: no page zeroing per photo
 
 
 def to_pil(rgb: np.ndarray) -> Image.Image:

@@ -110,3 +110,22 @@ def test_pickled_photos_keep_their_rgbx_buffer_out_of_band():
     assert np.array_equal(back.pixels, photo.pixels) and rgbx_base(back.pixels) is not None
     assert back.exif == photo.exif and back.name == photo.name and back.carry == photo.carry
     assert rgbx_base(np.zeros((4, 5, 4), np.uint8)[:, :, 1:]) is None  # the 4th byte would lie past the memory
+
+
+def test_recycled_buffers_return_only_when_every_view_is_gone():
+    from dpe_core import rgbx_view
+
+    first = rgbx_view.recycled_empty((1200, 2000, 4))  # 9.6 MB: from the pool
+    address = first.ctypes.data
+    view = first[..., :3]
+    view[0, 0] = (1, 2, 3)
+    del first
+    assert rgbx_base(view) is not None
+    other = rgbx_view.recycled_empty((1200, 2000, 4))
+    assert other.ctypes.data != address  # the view still uses the first buffer
+    assert tuple(view[0, 0]) == (1, 2, 3)
+    del view
+    again = rgbx_view.recycled_empty((1200, 2000, 4))
+    assert again.ctypes.data == address  # released with its last view, then reused
+    small = rgbx_view.recycled_empty((10, 10, 4))
+    assert small.shape == (10, 10, 4) and small.dtype == np.uint8
