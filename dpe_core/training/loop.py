@@ -177,11 +177,16 @@ def train(
     progress: ProgressCallback | None = None,
     data: TrainingData | None = None,
     stop_after: int | None = None,
+    on_iteration: ProgressCallback | None = None,
 ) -> TrainResult:
     """Run (or resume) training to config.steps iterations.
 
     Resumes from the newest checkpoint under config.checkpoint_url when one exists. ``stop_after`` ends the
     call early after that many iterations of this call (used to test interruption and resume).
+    ``progress`` gets each logged record (every log_every) with its status line; ``on_iteration`` gets, after
+    every iteration, {"iteration", "steps", "first_iteration", "seconds"} and the latest value of every metric
+    (GAN modes update the generator's losses only every N-th iteration; held-out scores every eval_every): cheap
+    to build, the caller throttles what it does with it (tasks/train.py sends it on at most once a second).
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -209,13 +214,22 @@ def train(
     unsaved: list[dict[str, Any]] = []  # records not yet appended to the checkpoint folder's history.jsonl
     status = StatusLine(config.steps, step.iteration)
     done_here = 0
+    first_iteration = step.iteration
+    latest: dict[str, Any] = {}  # every metric's latest value, for on_iteration
     while step.iteration < config.steps and (stop_after is None or done_here < stop_after):
         step.set_lr(config.lr_at(step.iteration))
-        metrics = step.step(data.train.batch(config.seed, step.iteration, config.batch_size)) or metrics
+        new = step.step(data.train.batch(config.seed, step.iteration, config.batch_size))
+        metrics = new or metrics
         done_here += 1
         it = step.iteration
+        latest |= new
         if data.eval_pairs and (it % config.eval_every == 0 or it == config.steps):
-            metrics = metrics | evaluate(step.enhancer, data.eval_pairs)
+            scores = evaluate(step.enhancer, data.eval_pairs)
+            metrics = metrics | scores
+            latest |= scores
+        if on_iteration:
+            on_iteration({"iteration": it, "steps": config.steps, "first_iteration": first_iteration,
+                          "seconds": time.perf_counter() - started} | latest)
         if it % config.log_every == 0 or it == config.steps:
             record = {"iteration": it, "lr": config.lr_at(it - 1), "seconds": time.perf_counter() - started} | metrics
             history.append(record)

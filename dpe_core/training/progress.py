@@ -22,7 +22,7 @@ HISTORY_NAME = "history.jsonl"
 PLOT_NAME = "progress.png"
 # Shown in the status line when present, in this order (GAN and supervised runs log different keys).
 _LINE_KEYS = (("loss_generator", "G loss"), ("loss_critic", "critic loss"), ("lambda_y", "lambda_Y"),
-              ("lambda_x", "lambda_X"), ("train_psnr", "train"))
+              ("lambda_x", "lambda_X"))
 
 
 def format_duration(seconds: float) -> str:
@@ -35,6 +35,26 @@ def format_duration(seconds: float) -> str:
     return f"{seconds} s"
 
 
+def metrics_text(record: dict[str, Any], held_out: dict[str, Any] | None = None) -> str:
+    """The losses, lambda(s), train PSNR and held-out score of a record as one ' | '-joined text (what the status
+    line and the live progress of `dpe train` show between the iteration count and the time left)."""
+    held_out = held_out if held_out is not None else record
+    parts = [f"{label} {record[key]:.4g}" for key, label in _LINE_KEYS if isinstance(record.get(key), float)]
+    if isinstance(record.get("train_psnr"), float):  # supervised: the batch's PSNR (what its loss maximises)
+        parts.append(f"train PSNR {record['train_psnr']:.2f} dB")
+    if isinstance(held_out.get("eval_psnr"), float):
+        held = f"held-out {held_out['eval_psnr']:.2f} dB"
+        if isinstance(held_out.get("eval_identity_psnr"), float):
+            held += f" (identity {held_out['eval_identity_psnr']:.2f})"
+        parts.append(held)
+    return " | ".join(parts)
+
+
+def is_held_out(key: str) -> bool:
+    """Whether a metric is a held-out score (logged every eval_every only, shown until the next one)."""
+    return key.startswith(("eval_", "style_"))
+
+
 class StatusLine:
     """Formats a record as one line; remembers the latest held-out scores (they come every eval_every only)."""
 
@@ -44,14 +64,11 @@ class StatusLine:
 
     def __call__(self, record: dict[str, Any]) -> str:
         it = int(record["iteration"])
-        self.held_out |= {k: v for k, v in record.items() if k.startswith(("eval_", "style_"))}
+        self.held_out |= {k: v for k, v in record.items() if is_held_out(k)}
         parts = [f"iteration {it}/{self.steps} ({100.0 * it / max(1, self.steps):.1f}%)"]
-        parts += [f"{label} {record[key]:.4g}" for key, label in _LINE_KEYS if isinstance(record.get(key), float)]
-        if "eval_psnr" in self.held_out:
-            held = f"held-out {self.held_out['eval_psnr']:.2f} dB"
-            if "eval_identity_psnr" in self.held_out:
-                held += f" (identity {self.held_out['eval_identity_psnr']:.2f})"
-            parts.append(held)
+        text = metrics_text(record, self.held_out)
+        if text:
+            parts.append(text)
         done = it - self.first
         seconds = float(record.get("seconds", 0.0))
         if done > 0 and seconds > 0:

@@ -69,10 +69,15 @@ def test_training_writes_history_and_plot_beside_its_checkpoints_and_logs_status
     config = TrainConfig(mode="supervised", image_size=32, batch_size=2, steps=6, lr=1e-3, eval_every=2,
                          log_every=2, checkpoint_every=3, keep_checkpoints=10, checkpoint_url=str(ckpt),
                          data=DataConfig(degrade_url=str(folder), val_names=["p1.png"], clean_share=0.2))
-    seen = []
+    seen, live = [], []
     with caplog.at_level("INFO", logger="dpe_core.training.loop"):
         train(config, progress=seen.append, stop_after=4)  # stopped, then resumed below
-        train(config, progress=seen.append)
+        train(config, progress=seen.append, on_iteration=live.append)
+    # The live callback: every iteration of the resumed call (from its checkpoint at 3), each with its clock, the
+    # latest loss and train PSNR, and the latest held-out score once there is one (evaluated every 2nd iteration).
+    assert [(s["iteration"], s["first_iteration"], s["steps"]) for s in live] == [(4, 3, 6), (5, 3, 6), (6, 3, 6)]
+    assert all(isinstance(s["loss_generator"], float) and isinstance(s["train_psnr"], float) for s in live)
+    assert all("eval_psnr" in s for s in live) and live[0]["seconds"] < live[-1]["seconds"]
     history = [json.loads(line) for line in (ckpt / HISTORY_NAME).read_text().splitlines()]
     assert sorted({r["iteration"] for r in history}) == [2, 4, 6]
     assert all("eval_psnr" in r for r in history) and all("status" not in r for r in history)
