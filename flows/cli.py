@@ -429,9 +429,11 @@ def train(
         if url:
             _precheck_source(url)
     with prefect_api(verbose):
+        from flows.cli_progress import RunDisplay
         from flows.train import train_style
 
-        with console.status(f"training {name} ..."):
+        # The run's UI address; a bar per iteration with losses and time left in a terminal, else a line every N s.
+        with RunDisplay(console, "train", "iterations"):
             state = _run_flow(train_style, params)
     summary = _finish(state, "training run")
     if json_summary:

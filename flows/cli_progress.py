@@ -1,10 +1,12 @@
-"""What `dpe enhance` and `dpe ingest` show while their flow runs in this process.
+"""What `dpe enhance`, `dpe ingest` and `dpe train` show while their flow runs in this process.
 
 * When the flow starts: the run's name and its page in the Prefect UI (always, terminal or not).
 * In a terminal: a bar that moves per photo (the workers' reports, flows/progress.py) with done/total, failures,
   rate and time left.
 * Without a terminal (cron, nohup, a pipe): no bar; one line every ``$DPE_PROGRESS_EVERY_S`` seconds (default 30),
-  ``05:12:03 enhance: 12/46 photos (26%), 0 failed, 2.31 photos/s, about 15 s left``.
+  ``05:12:03 enhance: 12/46 photos (26%), 0 failed, 2.31 photos/s, about 15 s left``; a training run's line is
+  ``05:12:03 train: iteration 120/5000 (2.4%) | G loss 0.12 | critic loss -1.2 | ... | 0.43 s/it, about 35 min 00 s
+  left`` (flows/progress.py TrainingProgress), and its phases (preparing the photos) get a line each.
 
 Imports neither prefect nor torch.
 """
@@ -41,9 +43,16 @@ class RunDisplay:
         self.lines += 1
 
     def listener(self, event: dict[str, Any]) -> None:
-        """Called by the flow (flows/progress.py emit) with each event."""
+        """Called by the flow (flows/progress.py emit) with each event (those of other jobs, such as the ingest
+        subflows of a training run, are left out)."""
+        if event.get("job", self.job) != self.job:
+            return
         kind = event.get("event")
-        if kind == "started" and event.get("url"):
+        if kind == "phase":
+            self.bar.update(self.task, status=event["text"])
+            if not self.terminal:
+                self._line(event["text"])
+        elif kind == "started" and event.get("url"):
             self.console.print(f"{self.job} run {event.get('name')}: {event['url']}", markup=False,
                                highlight=False)
         elif kind == "planned":
@@ -57,10 +66,11 @@ class RunDisplay:
             parts = [f"{event['failed']} failed" if event.get("failed") else "",
                      f"{rate:.2f} {self.unit}/s" if rate else "",
                      f"{duration(left)} left" if left is not None and rate else ""]
-            self.bar.update(self.task, total=event["total"], completed=event["done"],
-                            status=" · ".join(p for p in parts if p))
+            # A training run brings its own words (losses, s/it); a photo run's are built here.
+            status = event["status"] if "status" in event else " · ".join(p for p in parts if p)
+            self.bar.update(self.task, total=event["total"], completed=event["done"], status=status)
             now = time.monotonic()
-            text = describe(event, self.unit)
+            text = event.get("line") or describe(event, self.unit)
             due = now - self._last_line >= self.every_s or event.get("final")
             if not self.terminal and due and text != self._last_text:
                 self._last_line, self._last_text = now, text

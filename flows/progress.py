@@ -121,7 +121,45 @@ class RateEstimate:
         return (n1 - n0) / (now - t0) if now - t0 >= self.min_span_s and n1 > n0 else None
 
 
-class RunProgress:
+class Follower:
+    """The lifetime both followers share: subscribe to the workers' events (``on_event``), call ``tick`` every
+    tick_s on a thread of its own (in the flow run's Prefect context), and a final ``tick(final=True)`` at exit."""
+
+    client: Any = None
+    tick_s: float = TICK_S
+
+    def on_event(self, event: Any) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def tick(self, final: bool = False) -> dict[str, Any]:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        if self.client is not None:
+            with contextlib.suppress(Exception):  # no events: progress still moves when tasks finish
+                self.client.subscribe_topic(TOPIC, self.on_event)
+        context = contextvars.copy_context()  # the flow run's Prefect context (logger, API settings)
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), name="dpe-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            with contextlib.suppress(Exception):
+                self.tick()
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(TOPIC)
+        with contextlib.suppress(Exception):
+            self.tick(final=True)
+
+
+class RunProgress(Follower):
     """Progress of one run from its workers' per-photo events: a context manager around the shard phase.
 
     run: the key the workers' events carry (the shards' ``ShardProgress(run=...)``); total: items of the run;
@@ -144,8 +182,6 @@ class RunProgress:
         self._live: dict[int, dict[str, int]] = {}
         self._final: dict[int, dict[str, int]] = {}
         self._rate = RateEstimate()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_emitted: tuple | None = None
         self._last_artifact = float("-inf")
         self._last_log = time.monotonic()
@@ -221,28 +257,118 @@ class RunProgress:
             self.log("progress: %s", describe(snap, self.unit))
         return snap
 
-    # -------------------------------------------------------------------------------------------- lifetime
 
-    def __enter__(self) -> RunProgress:
-        if self.client is not None:
-            with contextlib.suppress(Exception):  # no events: progress still moves shard by shard
-                self.client.subscribe_topic(TOPIC, self.on_event)
-        context = contextvars.copy_context()  # the flow run's Prefect context (logger, API settings)
-        self._thread = threading.Thread(target=context.run, args=(self._loop,), name="dpe-progress", daemon=True)
-        self._thread.start()
-        return self
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.tick_s):
-            with contextlib.suppress(Exception):
-                self.tick()
+# ------------------------------------------------------------------------------------------------- training
 
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic(TOPIC)
-        with contextlib.suppress(Exception):
-            self.tick(final=True)
+TRAIN_RATE_WINDOW_S = 300.0  # iterations of a GAN run vary (generator steps every N-th, evaluations): a long window
+
+
+def describe_training(snapshot: dict[str, Any]) -> str:
+    """One line for a person following a training run:
+    'iteration 120/5000 (2.4%) | G loss 0.123 | critic loss -1.2 | lambda_Y 10 | 0.43 s/it, about 35 min 00 s left'."""
+    it, steps = snapshot.get("iteration"), snapshot["steps"]
+    if it is None:
+        return f"starting: loading the photos, building the model ({steps} iterations to go)"
+    parts = [f"iteration {it}/{steps} ({100.0 * it / max(1, steps):.1f}%)"]
+    if snapshot.get("text"):
+        parts.append(snapshot["text"])
+    parts.append(rate_and_time_left(snapshot))
+    return " | ".join(parts)
+
+
+def rate_and_time_left(snapshot: dict[str, Any]) -> str:
+    """'0.43 s/it, about 35 min 00 s left' (it/s when faster than one a second; 'time left n/a' without a rate)."""
+    rate, left = snapshot.get("rate"), snapshot.get("eta_s")
+    if not rate:
+        return "time left n/a"
+    speed = f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.2f} s/it"
+    return f"{speed}, about {duration(left)} left" if left is not None else speed
+
+
+class TrainingProgress(Follower):
+    """Progress of one training task from its events (tasks/train.py): a context manager around the training.
+
+    run: the key the task's events carry; steps: the run's last iteration; artifact: an
+    ``flows.artifacts.Progress`` or None; client: the distributed Client to subscribe with; log: a logger's info.
+    Rate and time left come from the worker's own clock (the events' "seconds" since the task's loop started)
+    over the last ``TRAIN_RATE_WINDOW_S``, counted from the first reported iteration (data loading and model
+    building do not skew them)."""
+
+    def __init__(self, run: str, steps: int, *, client: Any = None, artifact: Any = None,
+                 log: Callable[..., None] | None = None, log_every_s: float | None = None, tick_s: float = TICK_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.run, self.steps, self.client, self.artifact, self.log = run, steps, client, artifact, log
+        self.log_every_s = log_every_s if log_every_s is not None else progress_every_s()
+        self.tick_s, self.clock = tick_s, clock
+        self._lock = threading.Lock()
+        self._latest: dict[str, Any] | None = None
+        self._arrived = 0.0
+        self._rate = RateEstimate(TRAIN_RATE_WINDOW_S, min_span_s=2.0)
+        self._last_emitted: tuple | None = None
+        self._last_artifact = float("-inf")
+        self._last_log = clock()
+        self.started = clock()
+        self.events = 0
+
+    def on_event(self, event: Any) -> None:
+        """A Dask event ``(timestamp, msg)`` from the training task (other runs' events are ignored)."""
+        msg = event[1] if isinstance(event, tuple | list) and len(event) == 2 else event
+        if not isinstance(msg, dict) or msg.get("run") != self.run:
+            return
+        try:
+            it, first, seconds = int(msg["iteration"]), int(msg.get("first_iteration") or 0), float(msg["seconds"])
+        except (KeyError, TypeError, ValueError):
+            return
+        with self._lock:
+            self.events += 1
+            if self._latest is not None and it < self._latest["iteration"]:
+                return  # a late, older event
+            self._latest = {"iteration": it, "first_iteration": first, "seconds": seconds,
+                            "steps": int(msg.get("steps") or self.steps), "text": str(msg.get("text") or ""),
+                            "metrics": dict(msg.get("metrics") or {})}
+            self._arrived = self.clock()
+            self._rate.add(seconds, it - first)
+
+    def snapshot(self) -> dict[str, Any]:
+        """{"iteration" (None before the first event), "steps", "text", "metrics", "rate" (it/s), "eta_s",
+        "elapsed_s", "done", "total"} now."""
+        now = self.clock()
+        with self._lock:
+            latest = dict(self._latest) if self._latest else None
+            rate = self._rate.rate(latest["seconds"]) if latest else None
+            arrived = self._arrived
+        snap: dict[str, Any] = {"steps": self.steps, "iteration": None, "text": "", "metrics": {}, "rate": None,
+                                "eta_s": None, "elapsed_s": round(now - self.started, 1)}
+        if latest:
+            snap |= {k: latest[k] for k in ("iteration", "text", "metrics", "steps")}
+            left = max(0, snap["steps"] - latest["iteration"])
+            if left == 0:
+                snap["eta_s"] = 0.0
+            elif rate:
+                snap["eta_s"] = round(max(0.0, left / rate - (now - arrived)), 1)
+            snap["rate"] = round(rate, 4) if rate else None
+        snap |= {"done": snap["iteration"] or 0, "total": snap["steps"]}
+        return snap
+
+    def tick(self, final: bool = False) -> dict[str, Any]:
+        """Emit the snapshot when it changed; the artifact and the log line when they are due."""
+        snap = self.snapshot()
+        line = describe_training(snap)
+        now = self.clock()
+        key = (snap["iteration"], snap["text"], snap["rate"] is None)
+        if key != self._last_emitted or final:
+            self._last_emitted = key
+            emit({"event": "progress", "job": "train", "unit": "iterations", "final": final, "failed": 0,
+                  # the bar's words: time left first (what a narrow terminal keeps), then the losses
+                  "line": line, "status": " | ".join(p for p in (rate_and_time_left(snap), snap["text"]) if p)}
+                 | snap)
+        if self.artifact is not None and snap["iteration"] is not None and \
+                (final or now - self._last_artifact >= ARTIFACT_EVERY_S):
+            self._last_artifact = now
+            self.artifact.update(snap["iteration"] / max(1, snap["steps"]), line)
+        if self.log is not None and not final and snap["iteration"] is not None and \
+                now - self._last_log >= self.log_every_s:
+            self._last_log = now
+            self.log("progress: %s", line)
+        return snap

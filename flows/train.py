@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import re
+import uuid
 from typing import Any
 
 from fsspec.core import url_to_fs
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
-from flows.artifacts import publish_summary
+from flows.artifacts import Progress, publish_summary
 from flows.cluster import cpu_count, dask_cluster
 from flows.ingest import copies_url, ingest_dataset
 from flows.params import IngestParams, TrainParams, default_registry, dpe_home
+from flows.progress import TrainingProgress, announce_run, emit
 from tasks.paths import artifact_key, join
 from tasks.registry import model_uri, next_version, publish, read_index
 from tasks.storage import STORAGE_RETRIES
@@ -95,6 +97,7 @@ def plan_training(registry: str, name: str, version: str | None, checkpoint_url:
 @flow(name="train-style", description="Train a named style, checkpoint/resume, evaluate, publish to the registry.")
 def train_style(params: TrainParams) -> dict[str, Any]:
     logger = get_run_logger()
+    announce_run("train")
     use_storage_block(params.storage_block)
     registry = params.registry_url or default_registry()
     work = join(params.work_url or join(dpe_home(), "training"), params.name)
@@ -109,6 +112,7 @@ def train_style(params: TrainParams) -> dict[str, Any]:
                                                  "uri": planned["record"]["uri"], "registry": registry})
     if planned.get("latest_checkpoint"):
         logger.info("resuming %s from the checkpoint at iteration %d", params.name, planned["latest_checkpoint"])
+    done_before = planned.get("latest_checkpoint") or 0
 
     with dask_cluster(params) as (cluster, _client):
         data = {role: url for role, url in data_roles(params).items()}
@@ -116,6 +120,7 @@ def train_style(params: TrainParams) -> dict[str, Any]:
         if params.prepare_data:
             for role, url in list(data.items()):
                 dest = join(work, "data", role)
+                emit({"event": "phase", "job": "train", "text": f"preparing the {role} photos ({url})"})
                 state = ingest_dataset(IngestParams(
                     source_url=url, dest_url=dest, copies=True, copy_size=max(512, params.image_size),
                     dask_address=cluster.address, device=params.device, storage_block=params.storage_block,
@@ -131,13 +136,22 @@ def train_style(params: TrainParams) -> dict[str, Any]:
         card = {"source_datasets": data_roles(params), "datasets": datasets, "checkpoint_url": checkpoints}
         import dask
 
-        with cluster.task_runner() as runner:
+        # Live progress: the task's events (iteration, losses, its clock) -> the CLI's bar or lines, a log line every
+        # $DPE_PROGRESS_EVERY_S seconds in this run's logs, the progress artifact.
+        progress_key = f"train-{uuid.uuid4().hex}"
+        artifact = None
+        with contextlib.suppress(Exception):  # reporting only
+            artifact = Progress(f"Training {params.name}:{version} ({params.mode}, {params.steps} iterations)")
+        emit({"event": "planned", "job": "train", "total": params.steps, "todo": params.steps - done_before,
+              "skipped": done_before})
+        with cluster.task_runner() as runner, \
+                TrainingProgress(progress_key, params.steps, client=_client, artifact=artifact, log=logger.info):
             annotate = dask.annotate(resources={"GPU": 1}) if cluster.use_gpu else contextlib.nullcontext()
             with annotate:
                 future = runner.submit(train_model, {
                     "name": params.name, "config": config, "stop_after": params.stop_after,
                     "export_uri": model_uri(registry, params.name, version), "version": version, "card": card,
-                    "storage_block": params.storage_block})
+                    "storage_block": params.storage_block, "progress_key": progress_key})
             result = future.result()
 
     out: dict[str, Any] = {"name": params.name, "version": version, "registry": registry, "finished":

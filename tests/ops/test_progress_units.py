@@ -74,3 +74,56 @@ def test_time_left_follows_the_work_not_the_photo_count():
     progress.on_event((1.0, {"run": "run-a", "shard": 0, "done": 2, "ok": 2, "error": 0, "bytes": 800}))
     snap = progress.snapshot()
     assert snap["rate"] == 0.1 and snap["eta_s"] == 20.0, snap  # by photo count: 80 s
+
+
+def test_training_progress_reads_the_workers_clock_and_shows_losses_and_time_left():
+    """A training task's events (one a second) become the line of `dpe train`: iteration, the task's loss text, the
+    rate over the worker's own clock (data loading before the first iteration does not count) and time left."""
+    from flows import progress as module
+    from flows.progress import TrainingProgress, describe_training
+
+    now = [100.0]
+    seen: list[dict] = []
+    module.LISTENERS.append(seen.append)
+    logged: list[str] = []
+    try:
+        follow = TrainingProgress("train-a", 1000, log=lambda fmt, line: logged.append(line), log_every_s=5,
+                                  clock=lambda: now[0])
+        assert follow.tick()["iteration"] is None and "starting" in seen[-1]["line"]
+        text = "G loss -2.25 | critic loss 1.5 | lambda_Y 12 | lambda_X 10"
+        for k, it in enumerate(range(201, 221, 4)):  # resumed at 200; 4 iterations a second on the worker's clock
+            now[0] += 1.0
+            follow.on_event((now[0], {"run": "train-a", "iteration": it, "steps": 1000, "first_iteration": 200,
+                                      "seconds": 30.0 + k, "text": text}))
+        follow.on_event((now[0], {"run": "train-b", "iteration": 999, "seconds": 1.0}))  # another run
+        follow.on_event((now[0], {"run": "train-a", "iteration": 205, "seconds": 31.0}))  # late and older
+        snap = follow.tick()
+        assert snap["iteration"] == 217 and snap["rate"] == 4.0 and snap["eta_s"] == round(783 / 4, 1)
+        assert seen[-1]["line"] == describe_training(snap) == (
+            "iteration 217/1000 (21.7%) | G loss -2.25 | critic loss 1.5 | lambda_Y 12 | lambda_X 10 | "
+            "4.00 it/s, about 3 min 16 s left")
+        assert logged == ["iteration 217/1000 (21.7%) | " + text + " | 4.00 it/s, about 3 min 16 s left"]
+        assert describe_training({"iteration": 5, "steps": 10, "text": "", "rate": 0.5, "eta_s": 10.0}) == (
+            "iteration 5/10 (50.0%) | 2.00 s/it, about 10 s left")
+    finally:
+        module.LISTENERS.remove(seen.append)
+
+
+def test_the_training_task_sends_at_most_one_event_a_second_and_always_its_last_iteration(monkeypatch):
+    from tasks import train as task_module
+
+    on_iteration, flush = task_module.live_reporter("train-a", 50)
+    on_iteration({"iteration": 1, "steps": 50, "first_iteration": 0, "seconds": 0.1})
+    flush()  # outside a Dask worker: nothing is sent, nothing fails
+
+    sent: list[dict] = []
+    reporter = task_module.Reporter("train-a", 1.0, send=sent.append)
+    monkeypatch.setattr(task_module, "Reporter", lambda run, every_s: reporter)
+    on_iteration, flush = task_module.live_reporter("train-a", 50)
+    for it in range(1, 31):  # 30 fast iterations inside one second: the first only, then the stop_after flush
+        on_iteration({"iteration": it, "steps": 50, "first_iteration": 0, "seconds": it / 100, "loss_generator": 0.5,
+                      "train_psnr": 21.0, "eval_psnr": 22.5, "eval_identity_psnr": 20.0})
+    flush()
+    assert [m["iteration"] for m in sent] == [1, 30]
+    assert sent[-1]["text"] == "G loss 0.5 | train PSNR 21.00 dB | held-out 22.50 dB (identity 20.00)"
+    assert sent[-1]["metrics"]["eval_psnr"] == 22.5 and sent[-1]["run"] == "train-a"
