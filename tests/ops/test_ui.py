@@ -178,8 +178,7 @@ def test_ui_shows_the_deployment_form_and_a_finished_runs_numbers(ui_stack, test
     src = make_folder(tmp_path / "photos", testdata, PHOTOS)
     dst = tmp_path / "enhanced"
     env = dict(os.environ) | {"PREFECT_API_URL": prefect_server.api_url, "PYTHONUNBUFFERED": "1",
-                                       "DPE_HOME": str(tmp_path / "dpe-home"),
-                                       "PREFECT_HOME": str(tmp_path / "prefect-home")}
+                              "DPE_HOME": str(tmp_path / "dpe-home"), "PREFECT_HOME": str(tmp_path / "prefect-home")}
     done = _dpe(["deploy", "--pool", POOL, "--json"], env)
     assert done.returncode == 0, done.stderr[-4000:]
     [adhoc] = [d for d in json.loads(done.stdout)["deployments"] if d["deployment"] == "enhance-archive/enhance-adhoc"]
