@@ -22,6 +22,26 @@ from tests.tasks.helpers import make_folder
 LEFT = r"(\d+\.\d\d (s/it|it/s)), about \d+ (s|min \d\d s|h \d\d min) left"
 
 
+def _watch_progress_artifact(process: subprocess.Popen, stderr_file, timeout_s: float) -> list[tuple[float, str]]:
+    """While the command runs: the (percentage, description) values its run's progress artifact took, as the UI
+    would show them (read through the API twice a second once the run's address is printed)."""
+    from tests.system.test_enhance import flow_run_artifacts
+
+    seen: list[tuple[float, str]] = []
+    deadline = time.monotonic() + timeout_s
+    run_id = None
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        if run_id is None:
+            match = re.search(r"runs/flow-run/([0-9a-f-]{36})", stderr_file.read_text())
+            run_id = uuid.UUID(match.group(1)) if match else None
+            continue
+        for artifact in flow_run_artifacts(run_id):
+            if artifact.type == "progress" and (float(artifact.data), artifact.description or "") not in seen:
+                seen.append((float(artifact.data), artifact.description or ""))
+    return seen
+
+
 def _iterations(lines: list[str], steps: int) -> list[int]:
     return [int(m) for line in lines for m in re.findall(rf"iteration (\d+)/{steps} \(", line)]
 
@@ -42,14 +62,26 @@ def test_two_way_training_without_a_terminal_prints_iterations_losses_lambdas_an
         "image_size": 64, "batch_size": 2, "steps": steps, "critic_steps_per_generator_step": 2,
         "checkpoint_every": 100, "log_every": 8, "generator": {"train_size": 64}}))
     started = time.perf_counter()
-    done = subprocess.run(dpe_command("train", "--name", "watched", "--config", str(config), "--registry",
-                                      str(tmp_path / "registry"), "--work", str(tmp_path / "work"),
-                                      "--dask-address", dask_address, "--json"),
-                          env=cli_env | {"DPE_PROGRESS_EVERY_S": "0.2"}, cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(dpe_command("train", "--name", "watched", "--config", str(config), "--registry",
+                                               str(tmp_path / "registry"), "--work", str(tmp_path / "work"),
+                                               "--dask-address", dask_address, "--json"),
+                                   env=cli_env | {"DPE_PROGRESS_EVERY_S": "0.2"}, cwd=REPO, stdout=stdout,
+                                   stderr=stderr, text=True)
+        try:
+            seen_in_ui = _watch_progress_artifact(process, err, timeout_s=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
     elapsed = time.perf_counter() - started
+    done = subprocess.CompletedProcess(process.args, process.returncode, out.read_text(), err.read_text())
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.loads(done.stdout)["iteration"] == steps
+    # The UI's progress artifact moved while it trained, its description the same line as the terminal's.
+    moving_in_ui = {p for p, d in seen_in_ui if 0 < p < 100 and re.search(rf"iteration \d+/{steps} .*{LEFT}", d)}
+    assert len(moving_in_ui) >= 2, seen_in_ui
 
     # The run's UI address first, then the data preparation (ingest subflows), then the training's lines.
     match = re.search(r"^train run (\S+): http://127\.0\.0\.1:\d+/runs/flow-run/([0-9a-f-]{36})$", done.stderr, re.M)
@@ -81,7 +113,8 @@ def test_two_way_training_without_a_terminal_prints_iterations_losses_lambdas_an
     [artifact] = [a for a in flow_run_artifacts(uuid.UUID(flow_run_id)) if a.type == "progress"]
     assert float(artifact.data) == 100.0 and f"iteration {steps}/{steps} (100.0%)" in artifact.description
     print(f"dpe train two-way, {steps} iterations, no terminal: {elapsed:.1f} s, {len(progress)} progress lines, "
-          f"{len(set(values))} distinct iterations; {len(logged)} progress lines in the run's logs")
+          f"{len(set(values))} distinct iterations; {len(logged)} progress lines in the run's logs; the artifact "
+          f"seen at {len(moving_in_ui)} values while it trained")
 
 
 @pytest.mark.slow
