@@ -330,6 +330,14 @@ class TrainingProgress(Follower):
             self._arrived = self.clock()
             self._rate.add(seconds, it - first)
 
+    def finished(self, iteration: int) -> None:
+        """The task returned at this iteration: the count is final even if its last event is still on its way."""
+        with self._lock:
+            if self._latest is None or self._latest["iteration"] < iteration:
+                self._latest = (self._latest or {"first_iteration": 0, "seconds": 0.0, "steps": self.steps,
+                                                 "text": "", "metrics": {}}) | {"iteration": iteration}
+                self._arrived = self.clock()
+
     def snapshot(self) -> dict[str, Any]:
         """{"iteration" (None before the first event), "steps", "text", "metrics", "rate" (it/s), "eta_s",
         "elapsed_s", "done", "total"} now."""

@@ -145,7 +145,8 @@ def train_style(params: TrainParams) -> dict[str, Any]:
         emit({"event": "planned", "job": "train", "total": params.steps, "todo": params.steps - done_before,
               "skipped": done_before})
         with cluster.task_runner() as runner, \
-                TrainingProgress(progress_key, params.steps, client=_client, artifact=artifact, log=logger.info):
+                TrainingProgress(progress_key, params.steps, client=_client, artifact=artifact,
+                                 log=logger.info) as live:
             annotate = dask.annotate(resources={"GPU": 1}) if cluster.use_gpu else contextlib.nullcontext()
             with annotate:
                 future = runner.submit(train_model, {
@@ -153,6 +154,7 @@ def train_style(params: TrainParams) -> dict[str, Any]:
                     "export_uri": model_uri(registry, params.name, version), "version": version, "card": card,
                     "storage_block": params.storage_block, "progress_key": progress_key})
             result = future.result()
+            live.finished(result["iteration"])
 
     out: dict[str, Any] = {"name": params.name, "version": version, "registry": registry, "finished":
                            result["finished"], "iteration": result["iteration"], "steps": result["steps"],

@@ -127,3 +127,17 @@ def test_the_training_task_sends_at_most_one_event_a_second_and_always_its_last_
     assert [m["iteration"] for m in sent] == [1, 30]
     assert sent[-1]["text"] == "G loss 0.5 | train PSNR 21.00 dB | held-out 22.50 dB (identity 20.00)"
     assert sent[-1]["metrics"]["eval_psnr"] == 22.5 and sent[-1]["run"] == "train-a"
+
+
+def test_a_finished_training_task_sets_the_final_count_even_when_its_last_event_is_late():
+    from flows.progress import TrainingProgress
+
+    follow = TrainingProgress("train-a", 30, clock=lambda: 5.0)
+    follow.on_event((1.0, {"run": "train-a", "iteration": 20, "steps": 30, "seconds": 4.0, "text": "G loss 1"}))
+    follow.finished(30)
+    follow.on_event((1.0, {"run": "train-a", "iteration": 29, "steps": 30, "seconds": 5.0}))  # late: ignored
+    snap = follow.snapshot()
+    assert (snap["iteration"], snap["eta_s"], snap["text"]) == (30, 0.0, "G loss 1")
+    empty = TrainingProgress("train-b", 30)
+    empty.finished(12)  # stopped early (stop_after) before any event came through
+    assert empty.snapshot()["iteration"] == 12
