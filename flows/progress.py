@@ -120,6 +120,14 @@ class RateEstimate:
         _, n1 = self.samples[-1]
         return (n1 - n0) / (now - t0) if now - t0 >= self.min_span_s and n1 > n0 else None
 
+    def settled(self, now: float) -> float | None:
+        """The rate over all the samples kept, however short the span: for the last line of a finished run,
+        which would otherwise read 'n/a' whenever the run took less than min_span_s."""
+        if len(self.samples) < 2 or now <= self.samples[0][0]:
+            return self.rate(now)
+        (t0, n0), (_, n1) = self.samples[0], self.samples[-1]
+        return (n1 - n0) / (now - t0) if n1 > n0 else None
+
 
 class Follower:
     """The lifetime both followers share: subscribe to the workers' events (``on_event``), call ``tick`` every
@@ -228,9 +236,9 @@ class RunProgress(Follower):
             if done_here:
                 self._rate.add(now, done_here)
                 self._work_rate.add(now, work)
-            rate = self._rate.rate(now)
+            left = self.total - self.already - done_here
+            rate = self._rate.rate(now) if left > 0 else self._rate.settled(now)
             work_rate = self._work_rate.rate(now)
-        left = self.total - self.already - done_here
         if left <= 0:
             eta = 0.0
         elif self.work_total is not None:

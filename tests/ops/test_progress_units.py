@@ -39,6 +39,17 @@ def test_rate_needs_a_few_seconds_and_uses_the_recent_window():
     assert abs(rate.rate(129.0) - 2.0) < 0.1
 
 
+def test_a_run_shorter_than_the_rate_span_still_ends_with_its_rate():
+    rate = RateEstimate(window_s=10, min_span_s=5)
+    rate.add(100.0, 2)
+    rate.add(101.0, 6)
+    rate.add(102.0, 10)
+    assert rate.rate(102.0) is None  # too short to show a live rate
+    assert rate.settled(102.0) == 4.0  # but the finished run's last line has one
+    assert describe({"done": 10, "total": 10, "failed": 0, "rate": 4.0, "eta_s": 0.0}, "photos").endswith(
+        "4.00 photos/s, about 0 s left")
+
+
 def test_describe_and_duration_read_like_a_sentence():
     assert duration(None) == "n/a" and duration(7.4) == "7 s" and duration(125) == "2 min 05 s"
     assert duration(3 * 3600 + 60 * 7) == "3 h 07 min"
