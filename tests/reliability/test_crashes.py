@@ -145,7 +145,11 @@ def test_a_sigkilled_worker_costs_only_its_shard_in_flight(cli_env, model_ref, t
         for record in saved:
             assert by_input[record["input"]] == record
     assert {rel: _identity(dst / by_input[rel]["output"]) for rel in written} == written
-    assert set(attempts.values()) == {1}, attempts  # no finished shard ran a second time
+    # Finished shards' futures are released as their results arrive, so the kill re-runs none of them, except
+    # at most the one whose result was still in flight (records complete, result not yet at the flow); Dask
+    # runs that one again and the new attempt resumes from its records, redoing nothing (checked above: same
+    # records, same output files).
+    assert sum(attempt > 1 for attempt in attempts.values()) <= 1, attempts
     assert image_files(dst) == sorted(rels)
     _outputs_decode(dst, rels[::10])
     assert sha256_files(src) == originals
