@@ -168,12 +168,13 @@ def evaluate_single_defects(photos: Sequence[tuple[str, np.ndarray]], models: di
 def format_defect_table(table: dict[str, dict[str, float]]) -> str:
     """Rows: defects; columns: methods (mean PSNR dB); the best method of each row is marked with *."""
     methods = list(next(iter(table.values())))
-    width = max(12, *(len(m) for m in methods))
-    lines = [f"{'defect':<28}" + "".join(f" {m:>{width}}" for m in methods)]
+    widths = [max(8, len(m)) for m in methods]
+    lines = [f"{'defect':<28}" + "".join(f" {m:>{w}}" for m, w in zip(methods, widths, strict=True))]
     lines.append("-" * len(lines[0]))
     for defect, row in table.items():
         best = max(row.values())
-        cells = "".join(f" {(f'{v:.2f}' + ('*' if v == best else ' ')):>{width}}" for v in row.values())
+        cells = "".join(f" {(f'{v:.2f}' + ('*' if v == best else ' ')):>{w}}"
+                        for v, w in zip(row.values(), widths, strict=True))
         lines.append(f"{defect:<28}{cells}")
     return "\n".join(lines)
 
