@@ -121,6 +121,38 @@ def dpe_command(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "dpe"), *args]
 
 
+def stop_process(process, grace_s: float = 30.0) -> None:
+    """Stop a process a test started, by its handle: SIGTERM, then SIGKILL if it is still there after grace_s."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def stop_dpe_server(server, port: int) -> None:
+    """Stop a `dpe server` a test started (SIGINT, as Ctrl-C; SIGKILL after 60 s) and check its API is down."""
+    import signal
+    import time
+
+    from flows.server import healthy
+
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    deadline = time.monotonic() + 30
+    while healthy(f"http://127.0.0.1:{port}/api") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not healthy(f"http://127.0.0.1:{port}/api")
+
+
 @pytest.fixture(scope="session")
 def model_ref() -> str:
     """The model the enhance tests use: the bundled default, what `dpe enhance` uses without --model."""

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, dpe_command
+from tests.conftest import REPO, dpe_command, stop_process
 from tests.tasks.helpers import ARCHIVE
 
 POOL = "dpe-ops-test"
@@ -169,12 +169,7 @@ def test_worker_runs_a_deployment_with_a_corrupt_photo_completed_with_failures(d
             while time.monotonic() < deadline and len({e.event for e in events.events}) < 2:
                 time.sleep(0.5)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
+        stop_process(worker)
         log.close()
     worker_log = (tmp_path / "worker.log").read_text()
     assert done.returncode == 1, f"{done.stderr[-4000:]}\nworker:\n{worker_log[-3000:]}"

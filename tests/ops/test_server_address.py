@@ -5,13 +5,11 @@ their handles."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 import urllib.request
 
 from flows.server import free_port, healthy
-from tests.conftest import REPO, dpe_command
+from tests.conftest import REPO, dpe_command, stop_dpe_server
 
 
 def _serve(args: list[str], env: dict) -> tuple[str, dict]:
@@ -25,17 +23,7 @@ def _serve(args: list[str], env: dict) -> tuple[str, dict]:
             settings = json.loads(response.read())
         assert healthy(f"http://127.0.0.1:{port}/api")
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
-    deadline = time.monotonic() + 30
-    while healthy(f"http://127.0.0.1:{port}/api") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not healthy(f"http://127.0.0.1:{port}/api")
+        stop_dpe_server(server, port)
     return first, settings
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, dpe_command
+from tests.conftest import REPO, dpe_command, stop_process
 from tests.tasks.helpers import image_files, make_folder
 
 CHROMIUM = Path(os.environ.get("DPE_CHROMIUM", "/usr/bin/chromium"))
@@ -287,12 +287,7 @@ def test_ui_shows_the_deployment_form_and_a_finished_runs_numbers(ui_stack, test
             ui.shot("09-runs-list")
             assert not ui.errors, ui.errors  # no uncaught script errors on any page
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
+        stop_process(worker)
         worker_log.close()
     assert len(ui.saved) == 9 and all(p.stat().st_size > 10_000 for p in ui.saved)
     print(f"UI check: {time.perf_counter() - started:.1f} s; screenshots in {shots}")

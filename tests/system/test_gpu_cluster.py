@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_process
 from tests.system.conftest import REPO
 from tests.tasks.helpers import latest_report, make_folder
 
@@ -49,12 +50,7 @@ class Processes:
         for p, log in list(self.started):
             if p is process:
                 if p.poll() is None:
-                    p.terminate()
-                    try:
-                        p.wait(30)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait(10)
+                    stop_process(p)
                 log.close()
                 self.started.remove((p, log))
 

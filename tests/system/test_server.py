@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 import urllib.request
 
 from flows.server import free_port, healthy
+from tests.conftest import stop_dpe_server
 from tests.system.conftest import REPO, dpe_command
 from tests.tasks.helpers import make_folder
 
@@ -39,15 +38,5 @@ def test_dpe_server_serves_the_ui_and_later_commands_report_to_it(cli_env, testd
             runs = json.loads(response.read())
         assert any(r["state_type"] == "COMPLETED" for r in runs)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
-    deadline = time.monotonic() + 30
-    while healthy(f"http://127.0.0.1:{port}/api") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not healthy(f"http://127.0.0.1:{port}/api")
+        stop_dpe_server(server, port)
     assert not (tmp_path / "dpe-home" / "server.json").exists()
