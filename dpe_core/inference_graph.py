@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpe_core.guided import _area_matrix
-from dpe_core.nn.generator import GlobalUNetGenerator, apply_head
+from dpe_core.nn.generator import GlobalUNetGenerator, apply_head, stats_vector
 from dpe_core.nn.layers import SELU_ALPHA, SELU_SCALE, IndividualBatchNorm2d, SymmetricConv2d, symmetric_pad
 
 KernelEnlargement = Literal["resize", "dilate"]
@@ -166,6 +166,7 @@ class FoldedGenerator(nn.Module):
         g = generator
         self.rate, self.kernels, self.domain, self.channels_last = rate, kernels, domain, channels_last
         self.global_pool = copy.deepcopy(g.global_pool)
+        self.stats = copy.deepcopy(g.stats) if g.stats is not None else None
 
         def conv(name: str) -> SymmetricConv2d:
             module = getattr(g, name)
@@ -243,17 +244,18 @@ class FoldedGenerator(nn.Module):
             e = F.elu(raw, alpha=SELU_ALPHA)
         return self._elu(self._conv("enc5", e)), raws
 
-    def _global(self, e5: torch.Tensor) -> torch.Tensor:
+    def _global(self, e5: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         h = self._elu(self._conv("global1", e5))
         h = self._elu(self._conv("global2", h))
         h = self._elu(self._conv("global3", self.global_pool(h)))
-        return self._conv("global4", h)
+        g = self._conv("global4", h)
+        return g if self.stats is None else g + stats_vector(self.stats, x).to(g.dtype)
 
     def global_feature(self, x: torch.Tensor) -> torch.Tensor:
         """The global vector [B,128,1,1] (the same numbers as GlobalUNetGenerator.global_feature)."""
         x = self._prepare(x)
         e5, _ = self._encode(x)
-        return self._global(e5)
+        return self._global(e5, x)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
@@ -263,7 +265,7 @@ class FoldedGenerator(nn.Module):
     def forward(self, x: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
         x = self._prepare(x)
         e5, raws = self._encode(x)
-        g = self._global(e5) if global_vector is None else global_vector.to(e5.dtype)
+        g = self._global(e5, x) if global_vector is None else global_vector.to(e5.dtype)
         local = self._conv("local5", e5)
         gbias = torch.einsum("oc,bc->bo", self.fuse_global_w, g.flatten(1)) + self.fuse_b
         d = F.conv2d(local, self.fuse_w, None) + gbias[:, :, None, None]

@@ -27,6 +27,12 @@ class GeneratorConfig(BaseModel):
     # network instead of a product that the SELU layers must approximate from the global and local features.
     output: Literal["residual", "affine"] = Field("residual", description="Output head: residual image (release) "
                                                   "or per-pixel residual colour affine (x + M x + b).")
+    # Deviation (opt-in): per-channel quantiles and means of the input feed a small MLP whose output is added to
+    # the global vector. Telling an under-exposed photo from a dark scene needs its highest values, and the
+    # global path (strided convs, batch norm, average pooling) approximates means, not quantiles; autocontrast,
+    # which v3 trailed on exposure, reads exactly these. The MLP's last layer starts at zero: a model widened
+    # with it computes the same function as before.
+    global_stats: bool = Field(False, description="Feed input quantiles and means to the global vector.")
     global_pool: int = Field(
         8,
         description="Adaptive average pool before the VALID global conv; exact at 512 px (8x8 after 6 halvings).",

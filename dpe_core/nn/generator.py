@@ -56,6 +56,7 @@ class GlobalUNetGenerator(nn.Module):
         self.dec1_bn = IndividualBatchNorm2d(3 * c, m, e)
         self.out1 = ConvSeluBN(3 * c, c, 3, 1, m, e)
         self.out2 = SymmetricConv2d(c, head_channels(config), 3)
+        self.stats = stats_mlp(8 * c) if config.global_stats else None
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 variance_scaling_(module, config.init_scale)
@@ -71,7 +72,7 @@ class GlobalUNetGenerator(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
         a5, skips = self._encode(x, domain)
-        g = self._global(a5, domain) if global_vector is None else global_vector
+        g = self._global(a5, x, domain) if global_vector is None else global_vector
         local = self.local5(a5)
         fused = torch.cat([local, g.expand(-1, -1, local.shape[-2], local.shape[-1])], dim=1)
         d = self.fuse_bn(selu(self.fuse(fused)), domain)
@@ -88,7 +89,7 @@ class GlobalUNetGenerator(nn.Module):
     def global_feature(self, x: torch.Tensor, domain: int = 0) -> torch.Tensor:
         """The global vector [B,128,1,1] for x [B,3,H,W] in [0,1]."""
         a5, _ = self._encode(x, domain)
-        return self._global(a5, domain)
+        return self._global(a5, x, domain)
 
     def _encode(self, x: torch.Tensor, domain: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         a, raw_skips = x, []
@@ -98,10 +99,41 @@ class GlobalUNetGenerator(nn.Module):
         a5, _ = self.enc5(a, domain)
         return a5, raw_skips
 
-    def _global(self, a5: torch.Tensor, domain: int) -> torch.Tensor:
+    def _global(self, a5: torch.Tensor, x: torch.Tensor, domain: int) -> torch.Tensor:
         g, _ = self.global1(a5, domain)
         g, _ = self.global2(g, domain)
-        return self.global4(selu(self.global3(self.global_pool(g))))
+        g = self.global4(selu(self.global3(self.global_pool(g))))
+        return g if self.stats is None else g + stats_vector(self.stats, x).to(g.dtype)
+
+
+# Quantiles per channel: the tails say where black and white are (exposure, haze, contrast), the middle where
+# the mid-tones sit (gamma); per-channel means give the cast, the mean channel spread the saturation.
+STAT_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+STAT_FEATURES = 3 * len(STAT_QUANTILES) + 3 + 1
+
+
+def input_statistics(x: torch.Tensor) -> torch.Tensor:
+    """x [B,3,H,W] in [0,1] -> [B, STAT_FEATURES] float32: per-channel quantiles (STAT_QUANTILES), per-channel
+    means, and the mean of max - min over the channels (a saturation measure), all in [0,1] units."""
+    flat = x.float().reshape(x.shape[0], 3, -1)
+    q = torch.quantile(flat, flat.new_tensor(STAT_QUANTILES), dim=2)  # [Q,B,3]
+    spread = (flat.amax(dim=1) - flat.amin(dim=1)).mean(dim=1, keepdim=True)
+    return torch.cat([q.permute(1, 2, 0).reshape(x.shape[0], -1), flat.mean(dim=2), spread], dim=1)
+
+
+def stats_mlp(out_channels: int, hidden: int = 64) -> nn.Sequential:
+    """Statistics [B, STAT_FEATURES] -> a global-vector offset [B, out_channels]; the last layer starts at zero."""
+    mlp = nn.Sequential(nn.Linear(STAT_FEATURES, hidden), nn.SELU(), nn.Linear(hidden, out_channels))
+    nn.init.zeros_(mlp[2].weight)
+    nn.init.zeros_(mlp[2].bias)
+    return mlp
+
+
+def stats_vector(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The statistics branch's global-vector offset [B,C,1,1] for x [B,3,H,W] in [0,1]."""
+    with torch.autocast(x.device.type, enabled=False):
+        out = mlp(input_statistics(x))
+    return out[:, :, None, None]
 
 
 def head_channels(config: GeneratorConfig) -> int:
@@ -128,6 +160,17 @@ def widen_residual_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         new[9:] = old
         state[key] = new
     return state
+
+
+def load_widened(generator: GlobalUNetGenerator, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict saved without the opt-in parts of ``generator`` (affine head, statistics branch) so that
+    ``generator`` computes the saved model's function; any other mismatch raises ValueError."""
+    if generator.config.output == "affine" and state["out2.weight"].shape[0] == 3:
+        state = widen_residual_head(state)
+    missing, unexpected = generator.load_state_dict(state, strict=False)
+    stray = [k for k in missing if not k.startswith("stats.")] + list(unexpected)
+    if stray:
+        raise ValueError(f"state dict does not fit this generator: {sorted(stray)[:8]}")
 
 
 def conv_parameter_count(module: nn.Module) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dpe_core.inference import pick_device
-from dpe_core.nn.generator import widen_residual_head
+from dpe_core.nn.generator import load_widened
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelInfo, load_model, save_model
 from dpe_core.quality.degradations import benchmark_degradations
@@ -202,10 +202,7 @@ def train(
             log.info("resumed from %s at iteration %d", resumed_from, step.iteration)
     if config.init_from and not resumed_from:
         initial, _ = load_model(config.init_from, map_location=device, **so)
-        state = initial.state_dict()
-        if initial.config.output == "residual" and config.generator.output == "affine":
-            state = widen_residual_head(state)
-        step.enhancer.load_state_dict(state)
+        load_widened(step.enhancer, initial.state_dict())
         log.info("initialised G_X from %s", config.init_from)
     started = time.perf_counter()
     last_checkpoint = resumed_from

@@ -126,6 +126,36 @@ def test_affine_head_applies_a_per_pixel_colour_matrix_and_widening_keeps_the_fu
         assert torch.equal(wide(photo), generator(photo))
 
 
+def test_statistics_branch_folds_exactly_starts_as_the_widened_model_and_reads_exposure(generator, tmp_path):
+    from dpe_core.nn import load_model
+    from dpe_core.nn.generator import input_statistics, load_widened
+
+    # Widened from a model without the branch, it computes exactly that model's function (fine-tuning start).
+    wide = build_generator(generator.config.model_copy(update={"global_stats": True})).eval()
+    load_widened(wide, generator.state_dict())
+    photo = torch.rand(2, 3, 64, 80)
+    with torch.inference_mode():
+        assert torch.equal(wide(photo), generator(photo))
+    # Trained (here: randomised), it folds exactly, survives save/load, and a one-stop darker copy of the same
+    # photo gets another global vector: the statistics carry what the conv path must otherwise infer.
+    torch.manual_seed(5)
+    for p in wide.stats.parameters():
+        p.data.normal_(0, 0.5)
+    folded = FoldedGenerator(wide)
+    save_model(wide, tmp_path / "m")
+    loaded, _ = load_model(tmp_path / "m")
+    with torch.inference_mode():
+        ref = wide(photo)
+        assert torch.allclose(folded(photo), ref, atol=2e-5 * float((ref - photo).abs().max()), rtol=0)
+        assert torch.equal(loaded.eval()(photo), ref)
+        bright, dark = wide.global_feature(photo[:1]), wide.global_feature(photo[:1] * 0.5)
+    assert (bright - dark).abs().max() > 1e-3
+    stats = input_statistics(photo[:1] * 0.5)
+    assert stats.shape == (1, 25) and 0.49 < float(stats[0, 6]) < 0.5  # red 99th percentile of U(0,0.5)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_widened(wide, {k: v for k, v in generator.state_dict().items() if k != "enc1.conv.weight"})
+
+
 def test_enlarged_kernels(generator):
     assert enlarged_rate(512, 300) == 1 and enlarged_rate(1001, 777) == 2 and enlarged_rate(4000, 6000) == 12
     assert tile_margin(1) % 16 == 0 and tile_margin(4) > 4 * 79
