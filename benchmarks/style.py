@@ -14,7 +14,8 @@ line and writes results.json in the work folder.
 
 Variants: ``unpaired`` (two-way GAN, A-WGAN, individual BN: the paper's method), ``supervised`` (the same
 generator on the pairs (s, L(s)): the paired upper bound, same number of generator updates), ``wgan-gp-X``
-(fixed gradient-penalty weight X instead of A-WGAN), ``shared-bn`` (one BN set for real and generated inputs).
+(fixed gradient-penalty weight X instead of A-WGAN), ``shared-bn`` (one BN set for real and generated inputs),
+``unpaired-stats`` / ``unpaired-stats-only`` (the critic's colour-statistics branch added to its convs, or alone).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
                            **common)
     gan = {"mode": "two-way", "steps": args.iterations, "lr": args.lr,
            "critic_steps_per_generator_step": args.ratio, "precision": args.precision,
+           "critic_lr_scale": args.critic_lr_scale,
            "identity_weight": args.identity_weight, "cycle_weight": args.cycle_weight,
            "data": {"source_url": str(folders["source"]), "reference_url": str(folders["reference"])}}
     if variant == "unpaired":
@@ -74,6 +76,10 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
         return TrainConfig(**gan, adaptive_lambda={"initial": fixed, "upper": 1e30, "lower": 0.0}, **common)
     if variant == "shared-bn":
         return TrainConfig(**gan, individual_bn=False, **common)
+    if variant in ("unpaired-stats", "unpaired-stats-only"):
+        # The critic's colour-statistics branch (CriticConfig.global_stats), added to the conv critic or alone.
+        return TrainConfig(**gan, critic={"global_stats": "add" if variant == "unpaired-stats" else "only"},
+                           **common)
     raise SystemExit(f"unknown variant {variant!r}")
 
 
@@ -88,6 +94,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1500, help="two-way iterations (critic steps)")
     parser.add_argument("--ratio", type=int, default=5, help="critic steps per generator step (release: 50)")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--critic-lr-scale", type=float, default=1.0, help="critic lr = lr x this (release 1)")
     parser.add_argument("--seed", type=int, default=2010)
     # A critic held near 1-Lipschitz (gradient penalty) can tell a look apart by about the L2 norm of the change,
     # which grows with the image side, while the identity and cycle terms are per-pixel means: at 64 px the

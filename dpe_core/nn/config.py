@@ -49,3 +49,10 @@ class CriticConfig(BaseModel):
     leaky_slope: float = 0.2
     head_size: int = Field(16, description="Kernel of the VALID head conv; 16x16 = feature size at 512 input.")
     init_scale: float = Field(1e-3, gt=0, description="Variance-scaling factor of every conv (the release's 1e-3).")
+    # Deviation (opt-in). Measured with benchmarks/critic_probe.py (critic-only training, S photos vs L(R), scored
+    # on held-out pairs t / L(t)): the release critic never separates a global look on held-out photos at 64 px
+    # (its instance norms remove each image's channel statistics), so the generator gets no signal toward it.
+    # "add" sums the conv score and an MLP of smooth colour statistics; "only" keeps the MLP alone (no convs:
+    # critic steps cost ~nothing, so the release's 50:1 ratio is affordable on a CPU). The statistics are means
+    # of per-pixel functions (soft CDF, moments), so the gradient penalty constrains them like the conv score.
+    global_stats: Literal["off", "add", "only"] = Field("off", description="Colour-statistics branch of the critic.")

@@ -9,12 +9,29 @@ from torch import nn
 from dpe_core.nn.config import CriticConfig
 from dpe_core.nn.layers import SymmetricConv2d, symmetric_pad, variance_scaling_
 
+# Soft CDF per channel: the share of pixels below each centre, smoothed over +-SOFT_WIDTH so that the statistic is
+# a mean of per-pixel functions (its gradient spreads over the photo, unlike a quantile's single pixel).
+SOFT_CENTRES = tuple(0.05 + 0.1 * i for i in range(10))
+SOFT_WIDTH = 0.05
+SOFT_FEATURES = 3 * len(SOFT_CENTRES) + 3 + 3 + 1
+
+
+def soft_colour_statistics(x: torch.Tensor) -> torch.Tensor:
+    """x [B,3,H,W] in [0,1] -> [B, SOFT_FEATURES] float32: per channel the soft CDF at SOFT_CENTRES, the mean and
+    the standard deviation, and the mean over pixels of max - min over the channels (saturation)."""
+    flat = x.float().reshape(x.shape[0], 3, -1)
+    centres = flat.new_tensor(SOFT_CENTRES)
+    cdf = torch.sigmoid((centres - flat.unsqueeze(-1)) / SOFT_WIDTH).mean(dim=2)  # [B,3,C]
+    spread = (flat.amax(dim=1) - flat.amin(dim=1)).mean(dim=1, keepdim=True)
+    return torch.cat([cdf.flatten(1), flat.mean(dim=2), flat.std(dim=2), spread], dim=1)
+
 
 class Critic(nn.Module):
     """x [B,3,H,W] in [0,1] -> one score per image [B].
 
     conv3x3 ->16, then five conv5x5/2 ->32,64,128,128,128, each LeakyReLU(0.2) then affine InstanceNorm;
-    a 16x16 VALID head conv ->1 and the spatial mean. ~1.12 M parameters. Every conv starts from the release's
+    a 16x16 VALID head conv ->1 and the spatial mean. ~1.12 M parameters. ``global_stats`` (opt-in) adds or
+    substitutes an MLP score of soft_colour_statistics(x). Every conv starts from the release's
     fan-in variance scaling (``config.init_scale``, 1e-3 as released; truncated normal, zero bias).
     """
 
@@ -36,10 +53,20 @@ class Critic(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 variance_scaling_(module, config.init_scale)
+        self.stats = (
+            nn.Sequential(nn.Linear(SOFT_FEATURES, 64), nn.LeakyReLU(config.leaky_slope), nn.Linear(64, 1))
+            if config.global_stats != "off" else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"critic expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
+        if self.stats is None:
+            return self._conv_score(x)
+        score = self.stats(soft_colour_statistics(x)).squeeze(1).to(x.dtype)
+        return score if self.config.global_stats == "only" else self._conv_score(x) + score
+
+    def _conv_score(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = norm(F.leaky_relu(conv(h), self.config.leaky_slope))

@@ -58,6 +58,8 @@ class TrainConfig(BaseModel):
     steps: int = Field(1000, ge=1, description="Iterations; in GAN modes one iteration is one critic step.")
     lr: float = Field(1e-5, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    critic_lr_scale: float = Field(1.0, gt=0, description="Critic lr = lr x this (the release: 1, one lr). A "
+                                   "critic-only probe needed ~10x the generator's lr to learn a look in 2,000 steps.")
     decay_start: int | None = Field(None, description="Step at which lr starts decaying linearly to 0; None: half.")
     critic_steps_per_generator_step: int = Field(50, ge=1, description="Release: 50 critic steps per G step.")
     identity_weight: float = Field(1e3, description="Weight of MSE(G(x), x): output stays close to its input.")

@@ -55,7 +55,8 @@ class GANStep:
         adam = {"lr": config.lr, "betas": config.betas}
         self.opt_g = torch.optim.Adam([p for n in self.generator_names for p in getattr(self, n).parameters()], **adam)
         self.opt_d = (
-            torch.optim.Adam([p for n in self.critic_names for p in getattr(self, n).parameters()], **adam)
+            torch.optim.Adam([p for n in self.critic_names for p in getattr(self, n).parameters()],
+                             **adam | {"lr": config.lr * config.critic_lr_scale})
             if self.critic_names
             else None
         )
@@ -74,9 +75,10 @@ class GANStep:
         return {"opt_g": self.opt_g} | ({"opt_d": self.opt_d} if self.opt_d is not None else {})
 
     def set_lr(self, lr: float) -> None:
-        for opt in self.optimizers().values():
+        """Generator lr ``lr``; the critic's is ``lr * config.critic_lr_scale``."""
+        for name, opt in self.optimizers().items():
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * (self.config.critic_lr_scale if name == "opt_d" else 1.0)
 
     @property
     def enhancer(self) -> nn.Module:

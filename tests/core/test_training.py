@@ -53,6 +53,16 @@ def _changed(before, module):
     return any(not torch.equal(before[k], v) for k, v in module.named_parameters())
 
 
+def test_critic_lr_scale_sets_the_critics_learning_rate_through_the_schedule():
+    config = TrainConfig(mode="two-way", **(TINY_GAN | {"critic_lr_scale": 10.0, "lr": 2e-4, "steps": 10,
+                                                        "decay_start": 5}))
+    step = build_step(config)
+    for iteration, expected in ((0, 2e-4), (8, 2e-4 * 2 / 5)):  # constant, then the linear decay
+        step.set_lr(config.lr_at(iteration))
+        assert step.opt_g.param_groups[0]["lr"] == pytest.approx(expected)
+        assert step.opt_d.param_groups[0]["lr"] == pytest.approx(10 * expected)
+
+
 def test_two_way_step_updates_all_four_networks_with_finite_losses():
     step = build_step(TrainConfig(mode="two-way", **TINY_GAN))
     before = {name: _snapshot(m) for name, m in step.modules().items()}
