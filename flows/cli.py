@@ -185,8 +185,8 @@ def enhance(
     torch_threads: int | None = typer.Option(None, help="torch threads per worker."),
     bf16: str | None = typer.Option(None, "--bf16",
                                     help="CPU bf16 of the net: auto (native-bf16 CPUs, kept only within 45 dB of "
-                                         "fp32 on the first photos), on, off. Default: $DPE_BF16, else auto. "
-                                         "Local workers inherit it; set DPE_BF16 on a remote cluster's workers."),
+                                         "fp32 on the first photos), on, off. Default: each worker's $DPE_BF16, "
+                                         "else auto. A run parameter: it reaches remote workers too."),
     max_pixels: int = typer.Option(120_000_000, help="Refuse larger photos (decompression-bomb guard)."),
     decode_timeout: float = typer.Option(120.0, "--decode-timeout",
                                          help="Per-photo decode time limit in seconds (0: decode in the worker)."),
@@ -208,13 +208,9 @@ def enhance(
             output_format=output_format, quality=quality, device=device, torch_threads=torch_threads,
             max_pixels=max_pixels, registry_url=registry, storage_block=storage_block,
             decode_timeout_s=decode_timeout, max_inflight_mb=max_inflight_mb, lock_wait_s=lock_wait,
-            dask_security=dask_security, min_gpu_workers=min_gpu_workers, gpu_wait_s=gpu_wait)
+            dask_security=dask_security, min_gpu_workers=min_gpu_workers, gpu_wait_s=gpu_wait, bf16=bf16)
     except ValidationError as exc:
         raise _usage(_validation_message(exc)) from None
-    if bf16 is not None:
-        if bf16 not in ("auto", "on", "off"):
-            raise _usage(f"--bf16 must be auto, on or off, got {bf16!r}")
-        os.environ["DPE_BF16"] = bf16  # read by each worker's Enhancer (local workers inherit this environment)
     _precheck_source(params.source_url)
     _precheck_destinations(params.source_url, [("destination", params.dest_url)])
     _precheck_model(params.model, params.registry_url or default_registry())
@@ -290,6 +286,7 @@ def _print_enhance_summary(summary: dict[str, Any], as_json: bool) -> None:
         rows.append(("not read (link policy)", f"[yellow]{by_policy}[/yellow] (see the report)"))
     rows += [("failed", f"[red]{counts.get('error', 0)}[/red]" if counts.get("error") else 0),
              ("model", summary["model"]), ("mode", summary["mode"]), ("strength", summary.get("strength", 1.0)),
+             ("net precision", ", ".join(summary.get("precision") or []) or "n/a"),
              ("workers", summary.get("workers")),
              ("photos/s", summary.get("photos_per_s")), ("time", f"{summary.get('total_s')} s"),
              ("first output", "n/a" if summary.get("first_output_s") is None else f"{summary['first_output_s']} s"),

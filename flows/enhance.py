@@ -260,10 +260,10 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
                         cluster_info.kind, cluster_info.address, cluster_info.workers, cluster_info.gpu_workers,
                         cluster_info.torch_threads or "default", cluster_info.start_s, cluster_info.dpe_version)
             warm, model_load_s = warm_up_inference_workers(client, cluster_info, model.uri, params.device,
-                                                           params.storage_block, logger)
+                                                           params.storage_block, logger, bf16=params.bf16)
             logger.info("model %s loaded on %d workers in %.1f s", model.id, len(warm), model_load_s)
             job = EnhanceJob(model_uri=model.uri, model_id=model.id, device=params.device, mode=params.mode,
-                             strength=params.strength,
+                             strength=params.strength, bf16=params.bf16,
                              dest_url=params.dest_url, records_url=join(records_root(params.dest_url), run_id),
                              source_url=params.source_url,
                              output_format=params.output_format, quality=params.quality,
@@ -293,6 +293,8 @@ def _enhance_locked(params: EnhanceParams, lock: DestinationLock) -> Any:
         "run_id": run_id, "source_url": params.source_url, "dest_url": params.dest_url, "model": model.id,
         "model_uri": model.uri, "mode": params.mode, "strength": params.strength, "settings": settings,
         "total": total, "counts": counts,
+        # How the workers ran the net (fp32, bf16, fp16): CPU bf16 'auto' decides per worker on its first photos.
+        "precision": sorted({r.precision for r in results if r.precision}),
         "shards": len(shards), "workers": workers, "cluster": cluster_info.kind if cluster_info else None,
         "cluster_start_s": round(cluster_info.start_s, 2) if cluster_info else None,
         "phase_s": round(phase_s, 2),

@@ -74,6 +74,7 @@ Workers = Annotated[int | None, Field(
                               "and memory).")]
 TorchThreads = Annotated[int | None, Field(
     ge=1, le=256, description="torch threads per worker (default: cores / workers on a local cluster).")]
+Bf16 = Literal["auto", "on", "off"]
 DeviceField = Annotated[Device, Field(description="auto: GPU workers when the cluster has them, else CPU.")]
 MinGpuWorkers = Annotated[int | None, Field(
     ge=0, le=4096, description="Wait for this many Dask workers declaring the resource GPU before planning "
@@ -119,6 +120,9 @@ class EnhanceParams(BaseModel):
     registry_url: str | None = Field(None, description="Model registry (default $DPE_REGISTRY or ~/.dpe/models).")
     mode: Mode = Field("full", description="full: guided upsampling to full resolution; paper: the network at "
                                            "its working size only; tiled: the network on full-size tiles.")
+    bf16: Bf16 | None = Field(None, description="CPU workers: bf16 of the net. auto: on CPUs with native bf16, "
+                              "kept only while outputs stay within 45 dB of fp32; on; off. None: each worker's "
+                              "$DPE_BF16, else auto. GPUs always use autocast.")
     strength: float = Field(1.0, ge=0, le=1, allow_inf_nan=False,
                             description="How much of the correction to apply: 0 keeps the original, 1 the full "
                                         "correction; in between blends the two (no retraining). A rerun with "

@@ -16,14 +16,15 @@ from flows.cluster import ClusterInfo
 
 
 def warm_up_inference_workers(client, cluster: ClusterInfo, model_uri: str, device: str,
-                              storage_block: str | None, logger) -> tuple[dict[str, dict[str, Any]], float]:
+                              storage_block: str | None, logger,
+                              bf16: str | None = None) -> tuple[dict[str, dict[str, Any]], float]:
     """Load model_uri on the inference workers; returns ({worker: warm-up status}, seconds). Failures and GPU
     workers whose torch sees no CUDA device (they run the model on their CPU) are logged, never raised: the
     shard tasks load the model themselves and turn a failure into per-file records."""
     from tasks.models import EnhancerWarmup, register_warmup, wait_for_warmup
 
     plugin = EnhancerWarmup(model_uri, device, cluster.torch_threads, storage_block, gpu_only=cluster.use_gpu,
-                            version=cluster.dpe_version)
+                            version=cluster.dpe_version, bf16=bf16)
     started = time.perf_counter()
     removed = register_warmup(client, plugin)
     if removed:

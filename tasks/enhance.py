@@ -48,6 +48,7 @@ class EnhanceJob(BaseModel):
     device: str = "auto"
     mode: Mode = "full"
     strength: float = Field(1.0, ge=0, le=1, allow_inf_nan=False, description="0: the original, 1: full correction.")
+    bf16: Literal["auto", "on", "off"] | None = None  # CPU bf16 of the net; None: the worker's $DPE_BF16, else auto
     dest_url: str
     records_url: str
     # The folder the inputs were listed from: inputs are read as (its filesystem, root + '/' + rel), never by
@@ -93,6 +94,7 @@ class ShardResult(BaseModel):
     resumed: int = 0  # photos recorded by an earlier attempt, not redone
     peak_inflight_mb: float = 0.0  # most bytes of photos in flight at once (read ahead + in the model + behind)
     first_output: float | None = None  # time.time() when this shard's first enhanced photo was recorded
+    precision: str | None = None  # the net's precision on this worker: fp32, bf16 or fp16 (None: no model)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -198,13 +200,22 @@ def _error_reason(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {detail}")
 
 
+def net_precision(enhancer: Any) -> str | None:
+    """'bf16', 'fp16' or 'fp32': how the Enhancer runs its net now (CPU bf16 'auto' decides on the first images)."""
+    if enhancer is None:
+        return None
+    dtype = getattr(enhancer, "amp_dtype", None)
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(dtype), "fp32")
+
+
 def _load_enhancer(job: EnhanceJob, enhancer_factory: Callable[[], Any] | None) -> tuple[Any, str | None, float]:
     """(enhancer or None, the reason every photo fails when it could not be loaded, seconds waited)."""
     from tasks.models import get_enhancer
 
     t0 = time.perf_counter()
     try:
-        enhancer = (enhancer_factory or (lambda: get_enhancer(job.model_uri, job.device, job.torch_threads)))()
+        load = enhancer_factory or (lambda: get_enhancer(job.model_uri, job.device, job.torch_threads, job.bf16))
+        enhancer = load()
         return enhancer, None, time.perf_counter() - t0
     except Exception as exc:  # every file of the shard gets the reason
         return None, f"model {job.model_uri} could not be loaded: {_error_reason(exc)}", time.perf_counter() - t0
@@ -485,7 +496,8 @@ def process_shard(shard: Shard, job: EnhanceJob, enhancer_factory: Callable[[], 
     return ShardResult(index=shard.index, records=ledger.records, started=started, finished=time.time(),
                        busy_s=time.perf_counter() - t_start, model_wait_s=model_wait, worker=worker,
                        previews=previews, attempt=ledger.attempt, resumed=ledger.resumed,
-                       peak_inflight_mb=round(peak / 2**20, 1), first_output=ledger.first_output)
+                       peak_inflight_mb=round(peak / 2**20, 1), first_output=ledger.first_output,
+                       precision=net_precision(enhancer))
 
 
 def release_free_memory() -> None:

@@ -79,12 +79,13 @@ def worker_models_limit() -> int:
         return DEFAULT_WORKER_MODELS
 
 
-def get_enhancer(model_uri: str, device: str = "auto", threads: int | None = None):
-    """The process's Enhancer for (model_uri, device); loaded on first use, then reused by every task. Loading a
-    model beyond worker_models_limit() drops the least recently used one."""
+def get_enhancer(model_uri: str, device: str = "auto", threads: int | None = None, bf16: str | None = None):
+    """The process's Enhancer for (model_uri, device[, bf16]); loaded on first use, then reused by every task.
+    Loading a model beyond worker_models_limit() drops the least recently used one. bf16 (auto/on/off): the
+    CPU bf16 setting; None: $DPE_BF16, else auto."""
     threads = threads or worker_share()
     set_torch_threads(threads)
-    key = (model_uri, resolve_device(device))
+    key: tuple[str, ...] = (model_uri, resolve_device(device)) + ((bf16,) if bf16 else ())
     with _GUARD:
         lock = _LOCKS.setdefault(key, threading.Lock())
     with lock:
@@ -96,7 +97,8 @@ def get_enhancer(model_uri: str, device: str = "auto", threads: int | None = Non
         from dpe_core.inference import Enhancer
 
         log.info("loading model %s on %s (pid %d)", model_uri, key[1], os.getpid())
-        enhancer = Enhancer.from_pretrained(model_uri, device=key[1], threads=threads)
+        enhancer = Enhancer.from_pretrained(model_uri, device=key[1], threads=threads,
+                                            **({"bf16": bf16} if bf16 else {}))
         with _GUARD:
             _MODELS[key] = enhancer
             while len(_MODELS) > worker_models_limit():
@@ -128,7 +130,7 @@ def _free_device_memory() -> None:
 def loaded_models() -> list[tuple[str, str]]:
     """(model URI, device) of the Enhancers this process holds, least recently used first."""
     with _GUARD:
-        return list(_MODELS)
+        return [(key[0], key[1]) for key in _MODELS]
 
 
 def offers_gpu(worker) -> bool:
@@ -152,14 +154,16 @@ class EnhancerWarmup(WorkerPlugin):
     idempotent = True  # distributed: a registration under an existing name leaves the loaded one alone
 
     def __init__(self, model_uri: str, device: str = "auto", threads: int | None = None,
-                 storage_block: str | None = None, gpu_only: bool = False, version: str | None = None):
+                 storage_block: str | None = None, gpu_only: bool = False, version: str | None = None,
+                 bf16: str | None = None):
         self.model_uri = model_uri
+        self.bf16 = bf16
         self.device = device
         self.threads = threads
         self.storage_block = storage_block  # a block *name*: credentials are loaded on the worker
         self.gpu_only = gpu_only
         self.version = version
-        self.name = plugin_name(model_uri, device, threads, gpu_only, storage_block, version)
+        self.name = plugin_name(model_uri, device, threads, gpu_only, storage_block, version, bf16)
 
     def setup(self, worker) -> None:  # runs on the worker's event loop: do the slow part in a thread
         if self.gpu_only and not offers_gpu(worker):
@@ -187,7 +191,7 @@ class EnhancerWarmup(WorkerPlugin):
                 from tasks.storage_options import use_storage_block
 
                 use_storage_block(self.storage_block)
-                enhancer = get_enhancer(self.model_uri, self.device, self.threads)
+                enhancer = get_enhancer(self.model_uri, self.device, self.threads, self.bf16)
                 # First forward and, on CPU, the fused apply kernel's compilation (10-40 s cold, less from
                 # inductor's disk cache): here, before the flow submits shards, not on a user's photo.
                 status["warm_up"] = enhancer.warm_up()
@@ -209,9 +213,10 @@ class EnhancerWarmup(WorkerPlugin):
 
 
 def plugin_name(model_uri: str, device: str = "auto", threads: int | None = None, gpu_only: bool = False,
-                storage_block: str | None = None, version: str | None = None) -> str:
+                storage_block: str | None = None, version: str | None = None, bf16: str | None = None) -> str:
     """'dpe-enhancer-<16 hex>': the same for the same model and settings in every process and run."""
-    key = json.dumps([model_uri, device, threads, gpu_only, storage_block, version])
+    # bf16 joins the key only when set: registrations made before it existed keep their names.
+    key = json.dumps([model_uri, device, threads, gpu_only, storage_block, version] + ([bf16] if bf16 else []))
     return PLUGIN_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

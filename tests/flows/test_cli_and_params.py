@@ -88,7 +88,7 @@ def _dpe(args: list[str], tmp_path: Path, timeout: float = 180) -> subprocess.Co
     (["enhance", "{src}", "{dst}", "--mode", "fast"], "fast"),
     (["enhance", "{src}", "{dst}", "--format", "gif"], "formats"),
     (["enhance", "{src}", "{dst}", "--strength", "1.5"], "strength"),
-    (["enhance", "{src}", "{dst}", "--bf16", "sometimes"], "--bf16"),
+    (["enhance", "{src}", "{dst}", "--bf16", "sometimes"], "bf16: Input should be 'auto', 'on' or 'off'"),
     (["train", "--name", "warm", "--source", "{src}"], "reference_url"),
     (["ingest", "{missing}", "{dst}"], "does not exist"),
 ])

@@ -46,7 +46,7 @@ def test_enhance_local_folder_then_rerun_does_no_work(dask_address, model_ref, t
     originals = sha256_files(src)
     dst = tmp_path / "enhanced"
     params = EnhanceParams(source_url=str(src), dest_url=str(dst), dask_address=dask_address, shard_size=4,
-                           model=model_ref, registry_url=str(tmp_path / "registry"))
+                           model=model_ref, registry_url=str(tmp_path / "registry"), bf16="off")
     state = enhance_archive(params, return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
@@ -54,6 +54,7 @@ def test_enhance_local_folder_then_rerun_does_no_work(dask_address, model_ref, t
     assert "0 failed" in state.message
     assert summary["shards"] == 3 and summary["workers"] == 2
     assert 0 < summary["first_output_s"] <= summary["total_s"]
+    assert summary["precision"] == ["fp32"]  # the run's bf16="off" reached every worker
 
     assert image_files(dst) == sorted(ARCHIVE)
     report = latest_report(dst)
@@ -104,13 +105,14 @@ def test_enhance_s3_to_s3_from_a_flow_process_without_torch(dask_address, cli_en
               "except SystemExit as exc:\n    code = exc.code\nprint('TORCH_IMPORTED', 'torch' in sys.modules)\n"
               "sys.exit(code)\n")
     args = ["s3://photos/archive", "s3://photos/enhanced", "--dask-address", dask_address, "--model", model_ref,
-            "--registry", str(tmp_path / "registry"), "--json"]
+            "--registry", str(tmp_path / "registry"), "--json", "--bf16", "on"]
     done = subprocess.run([sys.executable, "-c", script, "enhance", *args], env=cli_env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TORCH_IMPORTED False" in done.stdout
     summary = json.loads(done.stdout[: done.stdout.rindex("TORCH_IMPORTED")])
     assert summary["counts"]["ok"] == len(chosen)
+    assert summary["precision"] == ["bf16"]  # --bf16 is a run parameter: it reached the cluster's own workers
     fs.invalidate_cache()
     outputs = sorted(p[len("photos/enhanced/"):] for p in fs.find("photos/enhanced") if "/.dpe/" not in p)
     assert outputs == sorted(chosen)
