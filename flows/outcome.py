@@ -19,6 +19,9 @@ from prefect.states import Completed, State
 from tasks.paths import printable
 
 FAILURES_STATE = "Completed with failures"
+# Prefect's dashboard counts failed runs by state *type* and its deployment Runs tab filters by state *name*;
+# both filter by tag, so a run whose photos failed also carries this tag.
+FAILURES_TAG = "photos-failed"
 FAILURES_LOGGED = 20  # failed files named in the run's WARNING line; the report lists them all
 
 
@@ -78,6 +81,20 @@ def emit_outcome(job: str, counts: dict[str, int], *, dest_url: str | None = Non
     return name
 
 
+def tag_flow_run(tag: str) -> None:
+    """Add ``tag`` to the current flow run (none outside a flow run). Reporting only: never raises."""
+    run = _flow_run()
+    if run is None:
+        return
+    with contextlib.suppress(Exception):
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            tags = list(client.read_flow_run(run.id).tags or [])
+            if tag not in tags:
+                client.update_flow_run(run.id, tags=[*tags, tag])
+
+
 def final_state(job: str, counts: dict[str, int], message: str, data: Any, *, dest_url: str | None = None,
                 extra: dict[str, Any] | None = None) -> State:
     """The run's final state ("Completed with failures" when counts['failed'] > 0), after emitting its event.
@@ -85,6 +102,7 @@ def final_state(job: str, counts: dict[str, int], message: str, data: Any, *, de
     ``counts`` holds at least ok / failed / skipped."""
     emit_outcome(job, counts, dest_url=dest_url, extra=extra)
     if counts.get("failed"):
+        tag_flow_run(FAILURES_TAG)
         return Completed(name=FAILURES_STATE, message=message, data=data)
     return Completed(message=message, data=data)
 

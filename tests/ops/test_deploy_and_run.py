@@ -66,6 +66,17 @@ def test_deploy_creates_the_pool_and_every_deployment_and_is_idempotent(deployed
         assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in nightly.schedules] == [
             ("0 2 * * *", "Europe/Berlin", True)]
         assert nightly.parameters == spec["deployments"][0]["parameters"]
+        # Tags to filter by, schema enforced, and one run at a time where runs would race (queued, not dropped).
+        for name, tags, limit in (("enhance-archive/nightly-enhance", {"dpe", "enhance", "nightly"}, 1),
+                                  ("enhance-archive/enhance-adhoc", {"dpe", "enhance", "adhoc"}, None),
+                                  ("ingest-dataset/ingest", {"dpe", "ingest"}, None),
+                                  ("train-style/train-style", {"dpe", "train", "gpu"}, 1)):
+            deployment = client.read_deployment_by_name(name)
+            assert set(deployment.tags) == tags and deployment.enforce_parameter_schema, name
+            gcl = deployment.global_concurrency_limit
+            assert (gcl.limit if gcl else None) == limit, name
+            if limit:
+                assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE", name
         schema = nightly.parameter_openapi_schema
         enhance_fields = schema["definitions"]["EnhanceParams"]["properties"]
         assert enhance_fields["strength"]["maximum"] == 1 and enhance_fields["mode"]["enum"] == ["full", "paper",
@@ -195,6 +206,7 @@ def test_worker_runs_a_deployment_with_a_corrupt_photo_completed_with_failures(d
     with _client() as client:
         run = client.read_flow_run(result["id"])
     assert run.state.type.value == "COMPLETED" and run.state.name == "Completed with failures"
+    assert "photos-failed" in run.tags and "dpe" in run.tags  # the tag filter finds it; deployment tags kept
 
     from tests.system.test_enhance import flow_run_artifacts
 
