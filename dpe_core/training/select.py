@@ -1,6 +1,11 @@
 """Choose a run's checkpoint on its validation scores and publish it as a model.
 
     python -m dpe_core.training.select CHECKPOINT_FOLDER --export DIR [--metric eval_psnr] [--min-noharm DB]
+    python -m dpe_core.training.select CHECKPOINT_FOLDER --average-from ITER [--export DIR]
+
+``--average-from`` averages the generator weights of every checkpoint from ITER on (stochastic weight averaging
+over the learning-rate decay) and scores the average on the validation split: one checkpoint's score swings with
+the last few hundred steps (+-1.5 dB between neighbours measured on v7), the average's does not.
 
 Every checkpoint sidecar holds the validation metrics of its iteration (``extra.metrics``, written by the loop
 when eval_every divides checkpoint_every). The choice uses only those (the validation split), never the test
@@ -14,11 +19,13 @@ import json
 import sys
 from typing import Any
 
+import torch
+
 from dpe_core.io.storage import read_bytes
 from dpe_core.nn.modelfile import ModelInfo
-from dpe_core.training.checkpoint import checkpoint_urls, list_checkpoints, load_checkpoint
+from dpe_core.training.checkpoint import checkpoint_urls, list_checkpoints, load_checkpoint, read_checkpoint
 from dpe_core.training.config import TrainConfig
-from dpe_core.training.loop import TrainResult, build_data, export_model
+from dpe_core.training.loop import TrainResult, build_data, evaluate, export_model
 from dpe_core.training.steps import build_step
 
 
@@ -59,6 +66,29 @@ def export_checkpoint(sidecar_url: str, uri: str, name: str, version: str, card:
     return export_model(result, uri, name, version, (card or {}) | chosen, **storage_options)
 
 
+def average_checkpoints(folder: str, start: int, **storage_options) -> TrainResult:
+    """A run whose G_X holds the mean of G_X's floating tensors (weights and BN statistics) over every checkpoint
+    of `folder` with iteration >= start, scored on the run's validation pairs (metrics as the loop's)."""
+    chosen = [i for i in list_checkpoints(folder, **storage_options) if i >= start]
+    if not chosen:
+        raise ValueError(f"{folder}: no checkpoint at or after iteration {start}")
+    last = checkpoint_urls(folder, chosen[-1])[1]
+    sidecar = json.loads(read_bytes(last, **storage_options))
+    step = build_step(TrainConfig.model_validate(sidecar["config"]))
+    load_checkpoint(step, last, **storage_options)
+    sums: dict[str, torch.Tensor] = {}
+    for iteration in chosen:
+        _, tensors = read_checkpoint(checkpoint_urls(folder, iteration)[1], **storage_options)
+        for key, value in tensors.items():
+            if key.startswith("g_x.") and value.is_floating_point():
+                sums[key[4:]] = sums.get(key[4:], 0) + value.double()
+    state = step.g_x.state_dict()
+    step.g_x.load_state_dict(state | {k: (v / len(chosen)).to(state[k].dtype) for k, v in sums.items()})
+    data = build_data(step.config)
+    metrics = evaluate(step.enhancer, data.eval_pairs)
+    return TrainResult(step.iteration, metrics | {"averaged_checkpoints": len(chosen)}, last, step, data, 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpe_core.training.select", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", help="model URI to publish the chosen checkpoint to")
     parser.add_argument("--name", default="custom")
     parser.add_argument("--version", default="1")
+    parser.add_argument("--average-from", type=int, default=None,
+                        help="average G_X over the checkpoints from this iteration on (and export that)")
     args = parser.parse_args(argv)
+    if args.average_from is not None:
+        result = average_checkpoints(args.folder, args.average_from)
+        m = result.metrics
+        print(f"average of {m['averaged_checkpoints']} checkpoints from {args.average_from}: "
+              + " ".join(f"{k}={m[k]:.3f}" for k in sorted(m) if k.startswith("eval_")))
+        if args.export:
+            info = export_model(result, args.export, args.name, args.version,
+                                {"averaged_from": args.average_from, "averaged_checkpoints": m["averaged_checkpoints"]})
+            print(f"exported {info.name} v{info.version} to {args.export}")
+        return 0
     for row in checkpoint_scores(args.folder):
         m = row["metrics"]
         print(f"{row['iteration']:>8} " + " ".join(f"{k}={m[k]:.3f}" for k in sorted(m) if k.startswith("eval_")))

@@ -142,3 +142,19 @@ def test_checkpoint_choice_uses_validation_scores_and_export_names_the_test_spli
     model, loaded = load_model(str(tmp_path / "model"))
     assert loaded.training["test_photos"] == ["p5.png"] and loaded.training["holdout_photos"] == ["p1.png"]
     assert "p5.png" not in loaded.training["train_photos"] and info.name == "m"
+
+    # Weight averaging over checkpoints 4 and 6: every floating tensor of G_X is the mean of theirs, scored on
+    # the same validation pairs.
+    from dpe_core.training.checkpoint import checkpoint_urls, read_checkpoint
+    from dpe_core.training.select import average_checkpoints
+
+    averaged = average_checkpoints(str(tmp_path / "ckpt"), start=3)
+    assert averaged.metrics["averaged_checkpoints"] == 2 and "eval_psnr" in averaged.metrics
+    four, six = (read_checkpoint(checkpoint_urls(str(tmp_path / "ckpt"), i)[1])[1] for i in (4, 6))
+    state = averaged.step.g_x.state_dict()
+    assert not torch.equal(four["g_x.enc1.conv.weight"], six["g_x.enc1.conv.weight"])  # they differ: a real mean
+    for key in ("enc1.conv.weight", "out2.bias"):
+        expected = (four[f"g_x.{key}"].double() + six[f"g_x.{key}"].double()) / 2
+        assert torch.allclose(state[key].double(), expected, atol=1e-7)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        average_checkpoints(str(tmp_path / "ckpt"), start=7)
