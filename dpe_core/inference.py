@@ -97,7 +97,7 @@ from dpe_core.inference_options import (
     pick_device,
     pixel_dtype,
 )
-from dpe_core.nn.generator import GlobalUNetGenerator
+from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
 from dpe_core.threads import StripPool, available_cpus, strip_pool
@@ -239,8 +239,9 @@ class Enhancer:
                     raise ValueError("mode='tiled' needs a GlobalUNetGenerator (the global/local split)")
                 with self._autocast():
                     g = self.net.global_feature(batch).float()
-                for j, gv in zip(chunk, g, strict=True):
-                    j.global_vector = gv
+                stats = input_statistics(batch)  # the global colour affine's input, from the whole photo
+                for j, gv, st in zip(chunk, g, stats, strict=True):
+                    j.global_vector, j.global_stats = gv, st
                 continue
             out = self._on_pool(partial(self._net_forward, batch)).float()
             for j, o in zip(chunk, out, strict=True):
@@ -296,12 +297,13 @@ class Enhancer:
             xs = [(x0, min(wt, x0 + core)) for x0 in range(0, wt, core)]
         out = torch.empty_like(x)
         g = job.global_vector[None]
+        stats = job.global_stats[None] if job.global_stats is not None else None
         for y0, y1 in ys:
             for x0, x1 in xs:
                 ey0, ey1 = max(0, y0 - margin), min(ht, y1 + margin)
                 ex0, ex1 = max(0, x0 - margin), min(wt, x1 + margin)
                 with self._autocast():
-                    res = net(x[None, :, ey0:ey1, ex0:ex1], global_vector=g)
+                    res = net(x[None, :, ey0:ey1, ex0:ex1], global_vector=g, stats=stats)
                 out[:, y0:y1, x0:x1] = res[0, :, y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0].float()
         clock.lap("tiles")
         if strength != 1.0:

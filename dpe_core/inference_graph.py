@@ -35,7 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpe_core.guided import _area_matrix
-from dpe_core.nn.generator import GlobalUNetGenerator, apply_head, stats_vector
+from dpe_core.nn.generator import (
+    GlobalUNetGenerator,
+    apply_head,
+    global_colour_affine,
+    input_statistics,
+    stats_vector,
+)
 from dpe_core.nn.layers import SELU_ALPHA, SELU_SCALE, IndividualBatchNorm2d, SymmetricConv2d, symmetric_pad
 
 KernelEnlargement = Literal["resize", "dilate"]
@@ -167,6 +173,7 @@ class FoldedGenerator(nn.Module):
         self.rate, self.kernels, self.domain, self.channels_last = rate, kernels, domain, channels_last
         self.global_pool = copy.deepcopy(g.global_pool)
         self.stats = copy.deepcopy(g.stats) if g.stats is not None else None
+        self.affine_mlp = copy.deepcopy(g.affine_mlp) if g.affine_mlp is not None else None
 
         def conv(name: str) -> SymmetricConv2d:
             module = getattr(g, name)
@@ -262,7 +269,8 @@ class FoldedGenerator(nn.Module):
             raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def forward(self, x: torch.Tensor, global_vector: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, global_vector: torch.Tensor | None = None,
+                stats: torch.Tensor | None = None) -> torch.Tensor:
         x = self._prepare(x)
         e5, raws = self._encode(x)
         g = self._global(e5, x) if global_vector is None else global_vector.to(e5.dtype)
@@ -278,7 +286,11 @@ class FoldedGenerator(nn.Module):
                 t = F.interpolate(t, size=skip.shape[-2:], mode="nearest")
             d = self._elu(torch.cat([t, skip], dim=1))
         d = self._elu(self._conv("out1", d))
-        return apply_head(x, self._conv("out2", d))
+        y = apply_head(x, self._conv("out2", d))
+        if self.affine_mlp is not None:
+            stats = input_statistics(x) if stats is None else stats
+            y = y + global_colour_affine(self.affine_mlp, x, stats).to(y.dtype)
+        return y
 
 
 def enlarged_rate(height: int, width: int, train_size: int = 512) -> int:

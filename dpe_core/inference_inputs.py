@@ -26,6 +26,7 @@ class Job:
     low: torch.Tensor | None = None  # [3,h,w] in [0,1] at the working size
     net_out: torch.Tensor | None = None  # [3,h,w] net output (unclipped)
     global_vector: torch.Tensor | None = None  # [128,1,1] (tiled)
+    global_stats: torch.Tensor | None = None  # [STAT_FEATURES] input statistics of the working copy (tiled)
 
 
 def to_storage(values: torch.Tensor, like: PixelSource) -> Any:

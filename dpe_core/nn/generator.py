@@ -57,17 +57,20 @@ class GlobalUNetGenerator(nn.Module):
         self.out1 = ConvSeluBN(3 * c, c, 3, 1, m, e)
         self.out2 = SymmetricConv2d(c, head_channels(config), 3)
         self.stats = stats_mlp(8 * c) if config.global_stats else None
+        self.affine_mlp = affine_mlp() if config.global_affine else None
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 variance_scaling_(module, config.init_scale)
         if config.output_init_scale is not None:
             variance_scaling_(self.out2, config.output_init_scale)
 
-    def forward(self, x: torch.Tensor, domain: int = 0, global_vector: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, domain: int = 0, global_vector: torch.Tensor | None = None,
+                stats: torch.Tensor | None = None) -> torch.Tensor:
         """x [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] (unclipped).
 
-        ``global_vector`` [B,128,1,1], when given, replaces the global feature computed from x
-        (tiled full-resolution inference computes it once on a 512-px copy).
+        ``global_vector`` [B,128,1,1] and ``stats`` [B,STAT_FEATURES], when given, replace the global feature
+        and the input statistics computed from x (tiled full-resolution inference computes them once on a
+        512-px copy).
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
@@ -84,7 +87,10 @@ class GlobalUNetGenerator(nn.Module):
         ):
             d = bn(selu(torch.cat([upsample_to(conv(d), skip), skip], 1)), domain)
         d, _ = self.out1(d, domain)
-        return apply_head(x, self.out2(d))
+        y = apply_head(x, self.out2(d))
+        if self.affine_mlp is not None:
+            y = y + global_colour_affine(self.affine_mlp, x, input_statistics(x) if stats is None else stats)
+        return y
 
     def global_feature(self, x: torch.Tensor, domain: int = 0) -> torch.Tensor:
         """The global vector [B,128,1,1] for x [B,3,H,W] in [0,1]."""
@@ -129,6 +135,24 @@ def stats_mlp(out_channels: int, hidden: int = 64) -> nn.Sequential:
     return mlp
 
 
+def affine_mlp(hidden: int = 128) -> nn.Sequential:
+    """Statistics [B, STAT_FEATURES] -> a colour affine [B,12] (row-major 3x3 matrix, then offset); last layer
+    zero (the identity correction)."""
+    mlp = nn.Sequential(nn.Linear(STAT_FEATURES, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
+                        nn.Linear(hidden, 12))
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
+def global_colour_affine(mlp: nn.Module, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """M x + b [B,3,H,W] for x [B,3,H,W], with (M, b) = mlp(stats) per image (float32, outside autocast)."""
+    with torch.autocast(x.device.type, enabled=False):
+        p = mlp(stats.float())
+        matrix = p[:, :9].reshape(-1, 3, 3)
+        return torch.einsum("bij,bjhw->bihw", matrix, x.float()) + p[:, 9:, None, None]
+
+
 def stats_vector(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The statistics branch's global-vector offset [B,C,1,1] for x [B,3,H,W] in [0,1]."""
     with torch.autocast(x.device.type, enabled=False):
@@ -168,7 +192,7 @@ def load_widened(generator: GlobalUNetGenerator, state: dict[str, torch.Tensor])
     if generator.config.output == "affine" and state["out2.weight"].shape[0] == 3:
         state = widen_residual_head(state)
     missing, unexpected = generator.load_state_dict(state, strict=False)
-    stray = [k for k in missing if not k.startswith("stats.")] + list(unexpected)
+    stray = [k for k in missing if not k.startswith(("stats.", "affine_mlp."))] + list(unexpected)
     if stray:
         raise ValueError(f"state dict does not fit this generator: {sorted(stray)[:8]}")
 

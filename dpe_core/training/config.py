@@ -58,6 +58,11 @@ class TrainConfig(BaseModel):
     steps: int = Field(1000, ge=1, description="Iterations; in GAN modes one iteration is one critic step.")
     lr: float = Field(1e-5, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    # A fine-tuned U-Net wants a small lr; a new, zero-initialised head on top of it (the statistics MLPs) learns
+    # in 90 s at 1e-3 and crawls at 7.5e-5. Keys are parameter-name prefixes of the generator ("affine_mlp.",
+    # "stats."); 0 freezes them.
+    lr_scales: dict[str, float] = Field(default_factory=dict, description="Generator lr multipliers by "
+                                        "parameter-name prefix (first match wins; 0 freezes).")
     critic_lr_scale: float = Field(1.0, gt=0, description="Critic lr = lr x this (the release: 1, one lr). A "
                                    "critic-only probe needed ~10x the generator's lr to learn a look in 2,000 steps.")
     decay_start: int | None = Field(None, description="Step at which lr starts decaying linearly to 0; None: half.")

@@ -53,7 +53,7 @@ class GANStep:
             for name in self.critic_names:
                 setattr(self, name, build_critic(config.critic).to(self.device).train())
         adam = {"lr": config.lr, "betas": config.betas}
-        self.opt_g = torch.optim.Adam([p for n in self.generator_names for p in getattr(self, n).parameters()], **adam)
+        self.opt_g = torch.optim.Adam(self._generator_groups(config), **adam)
         self.opt_d = (
             torch.optim.Adam([p for n in self.critic_names for p in getattr(self, n).parameters()],
                              **adam | {"lr": config.lr * config.critic_lr_scale})
@@ -74,11 +74,21 @@ class GANStep:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt_g": self.opt_g} | ({"opt_d": self.opt_d} if self.opt_d is not None else {})
 
+    def _generator_groups(self, config) -> list[dict]:
+        """Adam parameter groups of the generators: one per lr scale (config.lr_scales by name prefix)."""
+        groups: dict[float, list] = {}
+        for n in self.generator_names:
+            for name, p in getattr(self, n).named_parameters():
+                scale = next((v for k, v in config.lr_scales.items() if name.startswith(k)), 1.0)
+                groups.setdefault(scale, []).append(p)
+        return [{"params": ps, "lr": config.lr * s, "lr_scale": s} for s, ps in groups.items()]
+
     def set_lr(self, lr: float) -> None:
-        """Generator lr ``lr``; the critic's is ``lr * config.critic_lr_scale``."""
+        """Generator lr ``lr`` times each group's lr_scale; the critic's is ``lr * config.critic_lr_scale``."""
         for name, opt in self.optimizers().items():
             for group in opt.param_groups:
-                group["lr"] = lr * (self.config.critic_lr_scale if name == "opt_d" else 1.0)
+                scale = self.config.critic_lr_scale if name == "opt_d" else group.get("lr_scale", 1.0)
+                group["lr"] = lr * scale
 
     @property
     def enhancer(self) -> nn.Module:

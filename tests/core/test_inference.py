@@ -334,6 +334,56 @@ def test_tiled_equals_a_whole_image_forward(generator):
     assert torch.allclose(torch.from_numpy(out).permute(2, 0, 1), ref, atol=1e-5)
 
 
+def _with_statistics_heads(generator):
+    """generator widened with both statistics branches, their MLPs randomised (a trained model's stand-in)."""
+    from dpe_core.nn.generator import load_widened
+
+    wide = build_generator(generator.config.model_copy(update={"global_stats": True, "global_affine": True}))
+    load_widened(wide, generator.state_dict())
+    torch.manual_seed(9)
+    for p in list(wide.stats.parameters()) + list(wide.affine_mlp.parameters()):
+        p.data.normal_(0, 0.2)
+    return wide.eval()
+
+
+def test_global_colour_affine_folds_exactly_and_applies_one_matrix_per_photo(generator, tmp_path):
+    from dpe_core.nn import load_model
+    from dpe_core.nn.generator import input_statistics, load_widened
+
+    photo = torch.rand(2, 3, 64, 80)
+    fresh = build_generator(generator.config.model_copy(update={"global_affine": True})).eval()
+    load_widened(fresh, generator.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(fresh(photo), generator(photo))  # zero-initialised: the widened model's function
+    wide = _with_statistics_heads(generator)
+    folded = FoldedGenerator(wide)
+    save_model(wide, tmp_path / "m")
+    loaded, _ = load_model(tmp_path / "m")
+    with torch.inference_mode():
+        ref = wide(photo)
+        assert torch.allclose(folded(photo), ref, atol=2e-5 * float((ref - photo).abs().max()), rtol=0)
+        assert torch.equal(loaded.eval()(photo), ref)
+        # A hand-set last layer: red x2 and blue + 0.1 for every photo, on top of the U-Net's output.
+        last = fresh.affine_mlp[-1]
+        last.bias.zero_()
+        last.bias[0], last.bias[11] = 1.0, 0.1
+        shifted = fresh(photo) - generator(photo)
+    expected = torch.zeros_like(photo)
+    expected[:, 0], expected[:, 2] = photo[:, 0], 0.1
+    assert torch.allclose(shifted, expected, atol=1e-6)
+    assert input_statistics(photo).shape == (2, 25)
+
+
+def test_tiled_gives_the_statistics_heads_the_whole_photo(generator):
+    # Tiles must not each see their own statistics: any tiling gives the same output.
+    wide = _with_statistics_heads(generator)
+    x = np.random.default_rng(6).random((150, 230, 3)).astype(np.float32)
+    x[:, :100] *= 0.3  # a dark left part: statistics of tiles differ from the photo's
+    small = Enhancer(wide, device="cpu", tile_size=64, compile_apply="off").enhance(x, mode="tiled")
+    whole = Enhancer(wide, device="cpu", tile_size=1024, compile_apply="off").enhance(x, mode="tiled")
+    assert np.abs(small - whole).max() < 1e-4
+
+
 def test_tiled_caps_the_long_side_and_keeps_the_input_size(generator):
     x = (np.random.default_rng(6).random((700, 900, 3)) * 255).astype(np.uint8)
     capped = Enhancer(generator, device="cpu", tiled_max_side=256, tiled_kernels="dilate", compile_apply="off")

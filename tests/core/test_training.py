@@ -63,6 +63,25 @@ def test_critic_lr_scale_sets_the_critics_learning_rate_through_the_schedule():
         assert step.opt_d.param_groups[0]["lr"] == pytest.approx(10 * expected)
 
 
+def test_lr_scales_give_new_heads_their_own_learning_rate_and_zero_freezes():
+    config = TrainConfig(mode="supervised", image_size=32, lr=1e-4, generator={"global_affine": True,
+                         "global_stats": True}, lr_scales={"affine_mlp.": 10.0, "stats.": 0.0})
+    step = build_step(config)
+    rates = {}
+    for group in step.opt_g.param_groups:
+        for p in group["params"]:
+            rates[id(p)] = group["lr"]
+    named = dict(step.g_x.named_parameters())
+    assert rates[id(named["affine_mlp.0.weight"])] == pytest.approx(1e-3)
+    assert rates[id(named["enc1.conv.weight"])] == pytest.approx(1e-4)
+    before = named["stats.0.weight"].detach().clone()
+    step.set_lr(5e-5)
+    assert sorted(g["lr"] for g in step.opt_g.param_groups) == pytest.approx([0.0, 5e-5, 5e-4])
+    for _ in range(2):
+        step.step(_random_batch(size=32))
+    assert torch.equal(named["stats.0.weight"], before)  # scale 0: frozen
+
+
 def test_two_way_step_updates_all_four_networks_with_finite_losses():
     step = build_step(TrainConfig(mode="two-way", **TINY_GAN))
     before = {name: _snapshot(m) for name, m in step.modules().items()}
