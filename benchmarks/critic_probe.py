@@ -3,6 +3,7 @@
     python benchmarks/critic_probe.py DATA --sets unpaired --steps 400     # S vs L(R), the benchmark's sets
     python benchmarks/critic_probe.py DATA --sets same --steps 600         # S vs L(S), shuffled
     python benchmarks/critic_probe.py DATA --sets unpaired --crops         # random crops, 30-100 % of a side
+    python benchmarks/critic_probe.py DATA --critic-stats only --lr 1e-3 --steps 2000   # colour-statistics critic
 
 DATA is a style benchmark folder prepared by benchmarks/style.py (WORK/LOOK/data: source, reference,
 pair_target, test, test_target). The release critic trains alone (Wasserstein loss + gradient penalty, Adam) on
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--penalty", type=float, default=10.0)
     parser.add_argument("--init-scale", type=float, default=1e-3, help="critic conv init (release: 1e-3)")
+    parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",
+                        help="the critic's colour-statistics branch (CriticConfig.global_stats; release: off)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -56,7 +59,7 @@ def main() -> None:
     held_look = torch.stack([pad_to_square(x, args.size)[0] for x in photos("test_target", args.size).images])
 
     torch.manual_seed(0)
-    critic = build_critic({"init_scale": args.init_scale})
+    critic = build_critic({"init_scale": args.init_scale, "global_stats": args.critic_stats})
     opt = torch.optim.Adam(critic.parameters(), lr=args.lr)
     noise = torch.Generator().manual_seed(1)
     started = time.perf_counter()
