@@ -24,8 +24,10 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dpe_core.quality.looks import LOOKS  # noqa: E402
 from dpe_core.quality.style import (  # noqa: E402
     load_pairs,
+    mean_luminance,
     prepare_style_sets,
     score_against_look,
     split_style_photos,
@@ -103,17 +106,24 @@ def main() -> None:
     parser.add_argument("--cycle-weight", type=float, default=1e4, help="weight of the cycle MSE (release 1e4)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--long-side", type=int, default=256, help="long side of the prepared photos")
+    parser.add_argument("--split", choices=["balanced", "shuffled"], default="balanced",
+                        help="S and R dealt by mean luminance (balanced) or by the seeded shuffle alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the training status lines
 
     photos = TESTDATA / "natural"
     names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    split = split_style_photos(names, test=args.test, seed=args.seed)
+    balance = mean_luminance(photos, names) if args.split == "balanced" else None
+    split = split_style_photos(names, test=args.test, seed=args.seed, balance=balance)
     data_dir = args.work / args.look / "data"
-    prepared = list((data_dir / "test_target").glob("*.png")) if (data_dir / "test_target").is_dir() else []
-    if len(prepared) != len(split.test):
+    split_file = data_dir / "split.json"
+    wanted = {"split": args.split, "seed": args.seed, "long_side": args.long_side} | asdict(split)
+    if not split_file.is_file() or json.loads(split_file.read_text()) != wanted:
+        if data_dir.exists():
+            shutil.rmtree(data_dir)  # prepared for another split: its S and R would not be this run's
         prepare_style_sets(photos, data_dir, args.look, split, long_side=args.long_side)
+        split_file.write_text(json.dumps(wanted, indent=1))
     folders = {role: data_dir / role for role in ("source", "reference", "pair_input", "pair_target", "test",
                                                   "test_target")}
     test_pairs = load_pairs(folders["test"], folders["test_target"])
