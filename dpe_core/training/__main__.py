@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", help="model URI to publish G_X to when training ends")
     parser.add_argument("--name", default="custom")
     parser.add_argument("--version", default="1")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="stop after N iterations of this call (the lr schedule still follows 'steps')")
     parser.add_argument(
         "--set",
         action="append",
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         raw[key] = json.loads(value)
     config = TrainConfig.model_validate(raw)
-    result = train(config)
+    result = train(config, stop_after=args.stop_after)
     print(json.dumps({"iteration": result.iteration, "seconds": round(result.seconds, 1)} | result.metrics))
     if args.export:
         info = export_model(result, args.export, args.name, args.version)
