@@ -150,8 +150,9 @@ def bundled_models() -> list[dict[str, Any]]:
         card = sidecar.parent / "MODEL_CARD.md"
         rows.append({
             "name": sidecar.parent.name, "version": str(info.get("version", "")), "mode": training.get("mode"),
-            "iterations": training.get("iterations"), "look": info.get("look"),
-            "scores": info.get("test_scores") or {}, "card": str(card) if card.is_file() else None,
+            "iterations": training.get("iterations"), "look": info.get("look") or training.get("look"),
+            "scores": info.get("test_scores") or training.get("test_scores") or {},
+            "card": str(card) if card.is_file() else None,
         })
     return rows
 
