@@ -155,6 +155,10 @@ def test_models_lists_an_empty_registry(tmp_path):
     # The shipped default model is listed with what a user needs to choose it: version, mode, its card.
     assert bundled["default"]["mode"] == "supervised" and bundled["default"]["version"]
     assert Path(bundled["default"]["card"]).read_text().startswith("# Bundled model `default`")
+    # A bundled style is listed with its look and its held-out scores.
+    look = bundled["look-warm-contrast"]
+    assert look["mode"] == "two-way" and look["look"] == "warm-contrast"
+    assert look["scores"]["psnr_vs_look_db"] > look["scores"]["identity_psnr_db"]
 
 
 def test_deployments_point_at_the_flows():
