@@ -97,7 +97,7 @@ from dpe_core.inference_options import (
     pick_device,
     pixel_dtype,
 )
-from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics
+from dpe_core.nn.generator import GlobalUNetGenerator, statistics_if_needed
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
 from dpe_core.threads import StripPool, available_cpus, strip_pool
@@ -239,9 +239,10 @@ class Enhancer:
                     raise ValueError("mode='tiled' needs a GlobalUNetGenerator (the global/local split)")
                 with self._autocast():
                     g = self.net.global_feature(batch).float()
-                stats = input_statistics(batch)  # the global colour affine's input, from the whole photo
-                for j, gv, st in zip(chunk, g, stats, strict=True):
-                    j.global_vector, j.global_stats = gv, st
+                # The global colour affine's input, from the whole photo (tiles would each see their own).
+                stats = statistics_if_needed(batch, None, self.net.affine_mlp)
+                for i, (j, gv) in enumerate(zip(chunk, g, strict=True)):
+                    j.global_vector, j.global_stats = gv, (stats[i] if stats is not None else None)
                 continue
             out = self._on_pool(partial(self._net_forward, batch)).float()
             for j, o in zip(chunk, out, strict=True):

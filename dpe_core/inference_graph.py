@@ -39,7 +39,7 @@ from dpe_core.nn.generator import (
     GlobalUNetGenerator,
     apply_head,
     global_colour_affine,
-    input_statistics,
+    statistics_if_needed,
     stats_vector,
 )
 from dpe_core.nn.layers import SELU_ALPHA, SELU_SCALE, IndividualBatchNorm2d, SymmetricConv2d, symmetric_pad
@@ -251,18 +251,18 @@ class FoldedGenerator(nn.Module):
             e = F.elu(raw, alpha=SELU_ALPHA)
         return self._elu(self._conv("enc5", e)), raws
 
-    def _global(self, e5: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _global(self, e5: torch.Tensor, stats: torch.Tensor | None) -> torch.Tensor:
         h = self._elu(self._conv("global1", e5))
         h = self._elu(self._conv("global2", h))
         h = self._elu(self._conv("global3", self.global_pool(h)))
         g = self._conv("global4", h)
-        return g if self.stats is None else g + stats_vector(self.stats, x).to(g.dtype)
+        return g if self.stats is None else g + stats_vector(self.stats, stats).to(g.dtype)
 
     def global_feature(self, x: torch.Tensor) -> torch.Tensor:
         """The global vector [B,128,1,1] (the same numbers as GlobalUNetGenerator.global_feature)."""
         x = self._prepare(x)
         e5, _ = self._encode(x)
-        return self._global(e5, x)
+        return self._global(e5, statistics_if_needed(x, None, self.stats))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
@@ -273,7 +273,8 @@ class FoldedGenerator(nn.Module):
                 stats: torch.Tensor | None = None) -> torch.Tensor:
         x = self._prepare(x)
         e5, raws = self._encode(x)
-        g = self._global(e5, x) if global_vector is None else global_vector.to(e5.dtype)
+        stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp)
+        g = self._global(e5, stats) if global_vector is None else global_vector.to(e5.dtype)
         local = self._conv("local5", e5)
         gbias = torch.einsum("oc,bc->bo", self.fuse_global_w, g.flatten(1)) + self.fuse_b
         d = F.conv2d(local, self.fuse_w, None) + gbias[:, :, None, None]
@@ -288,7 +289,6 @@ class FoldedGenerator(nn.Module):
         d = self._elu(self._conv("out1", d))
         y = apply_head(x, self._conv("out2", d))
         if self.affine_mlp is not None:
-            stats = input_statistics(x) if stats is None else stats
             y = y + global_colour_affine(self.affine_mlp, x, stats).to(y.dtype)
         return y
 

@@ -75,7 +75,8 @@ class GlobalUNetGenerator(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
         a5, skips = self._encode(x, domain)
-        g = self._global(a5, x, domain) if global_vector is None else global_vector
+        stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp)
+        g = self._global(a5, stats, domain) if global_vector is None else global_vector
         local = self.local5(a5)
         fused = torch.cat([local, g.expand(-1, -1, local.shape[-2], local.shape[-1])], dim=1)
         d = self.fuse_bn(selu(self.fuse(fused)), domain)
@@ -89,13 +90,13 @@ class GlobalUNetGenerator(nn.Module):
         d, _ = self.out1(d, domain)
         y = apply_head(x, self.out2(d))
         if self.affine_mlp is not None:
-            y = y + global_colour_affine(self.affine_mlp, x, input_statistics(x) if stats is None else stats)
+            y = y + global_colour_affine(self.affine_mlp, x, stats)
         return y
 
     def global_feature(self, x: torch.Tensor, domain: int = 0) -> torch.Tensor:
         """The global vector [B,128,1,1] for x [B,3,H,W] in [0,1]."""
         a5, _ = self._encode(x, domain)
-        return self._global(a5, x, domain)
+        return self._global(a5, statistics_if_needed(x, None, self.stats), domain)
 
     def _encode(self, x: torch.Tensor, domain: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         a, raw_skips = x, []
@@ -105,11 +106,11 @@ class GlobalUNetGenerator(nn.Module):
         a5, _ = self.enc5(a, domain)
         return a5, raw_skips
 
-    def _global(self, a5: torch.Tensor, x: torch.Tensor, domain: int) -> torch.Tensor:
+    def _global(self, a5: torch.Tensor, stats: torch.Tensor | None, domain: int) -> torch.Tensor:
         g, _ = self.global1(a5, domain)
         g, _ = self.global2(g, domain)
         g = self.global4(selu(self.global3(self.global_pool(g))))
-        return g if self.stats is None else g + stats_vector(self.stats, x).to(g.dtype)
+        return g if self.stats is None else g + stats_vector(self.stats, stats).to(g.dtype)
 
 
 # Quantiles per channel: the tails say where black and white are (exposure, haze, contrast), the middle where
@@ -125,6 +126,15 @@ def input_statistics(x: torch.Tensor) -> torch.Tensor:
     q = torch.quantile(flat, flat.new_tensor(STAT_QUANTILES), dim=2)  # [Q,B,3]
     spread = (flat.amax(dim=1) - flat.amin(dim=1)).mean(dim=1, keepdim=True)
     return torch.cat([q.permute(1, 2, 0).reshape(x.shape[0], -1), flat.mean(dim=2), spread], dim=1)
+
+
+def statistics_if_needed(x: torch.Tensor, stats: torch.Tensor | None, *branches: nn.Module | None
+                         ) -> torch.Tensor | None:
+    """``stats`` when given, else input_statistics(x) when any of ``branches`` exists (computed once per forward
+    for all of them), else None: a model without statistics branches never pays for the quantiles."""
+    if stats is not None or all(b is None for b in branches):
+        return stats
+    return input_statistics(x)
 
 
 def stats_mlp(out_channels: int, hidden: int = 64) -> nn.Sequential:
@@ -153,10 +163,10 @@ def global_colour_affine(mlp: nn.Module, x: torch.Tensor, stats: torch.Tensor) -
         return torch.einsum("bij,bjhw->bihw", matrix, x.float()) + p[:, 9:, None, None]
 
 
-def stats_vector(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The statistics branch's global-vector offset [B,C,1,1] for x [B,3,H,W] in [0,1]."""
-    with torch.autocast(x.device.type, enabled=False):
-        out = mlp(input_statistics(x))
+def stats_vector(mlp: nn.Module, stats: torch.Tensor) -> torch.Tensor:
+    """The statistics branch's global-vector offset [B,C,1,1] for input statistics [B, STAT_FEATURES]."""
+    with torch.autocast(stats.device.type, enabled=False):
+        out = mlp(stats.float())
     return out[:, :, None, None]
 
 
