@@ -126,8 +126,20 @@ def test_affine_head_applies_a_per_pixel_colour_matrix_and_widening_keeps_the_fu
         assert torch.equal(wide(photo), generator(photo))
 
 
-def test_statistics_branch_folds_exactly_starts_as_the_widened_model_and_reads_exposure(generator, tmp_path):
+def _assert_folds_and_round_trips(model, photo: torch.Tensor, tmp_path) -> None:
+    """The folded graph computes model's function, and a saved-then-loaded copy computes it bit for bit."""
     from dpe_core.nn import load_model
+
+    folded = FoldedGenerator(model)
+    save_model(model, tmp_path / "m")
+    loaded, _ = load_model(tmp_path / "m")
+    with torch.inference_mode():
+        ref = model(photo)
+        assert torch.allclose(folded(photo), ref, atol=2e-5 * float((ref - photo).abs().max()), rtol=0)
+        assert torch.equal(loaded.eval()(photo), ref)
+
+
+def test_statistics_branch_folds_exactly_starts_as_the_widened_model_and_reads_exposure(generator, tmp_path):
     from dpe_core.nn.generator import input_statistics, load_widened
 
     # Widened from a model without the branch, it computes exactly that model's function (fine-tuning start).
@@ -141,13 +153,8 @@ def test_statistics_branch_folds_exactly_starts_as_the_widened_model_and_reads_e
     torch.manual_seed(5)
     for p in wide.stats.parameters():
         p.data.normal_(0, 0.5)
-    folded = FoldedGenerator(wide)
-    save_model(wide, tmp_path / "m")
-    loaded, _ = load_model(tmp_path / "m")
+    _assert_folds_and_round_trips(wide, photo, tmp_path)
     with torch.inference_mode():
-        ref = wide(photo)
-        assert torch.allclose(folded(photo), ref, atol=2e-5 * float((ref - photo).abs().max()), rtol=0)
-        assert torch.equal(loaded.eval()(photo), ref)
         bright, dark = wide.global_feature(photo[:1]), wide.global_feature(photo[:1] * 0.5)
     assert (bright - dark).abs().max() > 1e-3
     stats = input_statistics(photo[:1] * 0.5)
@@ -347,7 +354,6 @@ def _with_statistics_heads(generator):
 
 
 def test_global_colour_affine_folds_exactly_and_applies_one_matrix_per_photo(generator, tmp_path):
-    from dpe_core.nn import load_model
     from dpe_core.nn.generator import input_statistics, load_widened
 
     photo = torch.rand(2, 3, 64, 80)
@@ -356,13 +362,8 @@ def test_global_colour_affine_folds_exactly_and_applies_one_matrix_per_photo(gen
     with torch.inference_mode():
         assert torch.equal(fresh(photo), generator(photo))  # zero-initialised: the widened model's function
     wide = _with_statistics_heads(generator)
-    folded = FoldedGenerator(wide)
-    save_model(wide, tmp_path / "m")
-    loaded, _ = load_model(tmp_path / "m")
+    _assert_folds_and_round_trips(wide, photo, tmp_path)
     with torch.inference_mode():
-        ref = wide(photo)
-        assert torch.allclose(folded(photo), ref, atol=2e-5 * float((ref - photo).abs().max()), rtol=0)
-        assert torch.equal(loaded.eval()(photo), ref)
         # A hand-set last layer: red x2 and blue + 0.1 for every photo, on top of the U-Net's output.
         last = fresh.affine_mlp[-1]
         last.bias.zero_()
