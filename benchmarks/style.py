@@ -71,6 +71,8 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
            "critic_lr_scale": args.critic_lr_scale,
            "identity_weight": args.identity_weight, "cycle_weight": args.cycle_weight,
            "data": {"source_url": str(folders["source"]), "reference_url": str(folders["reference"])}}
+    if args.critic_stats != "off":  # the ablations on top of the critic that learns the look
+        gan["critic"] = {"global_stats": args.critic_stats}
     if variant == "unpaired":
         return TrainConfig(**gan, **common)
     if variant.startswith("wgan-gp-"):
@@ -84,6 +86,16 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
         return TrainConfig(**gan, critic={"global_stats": "add" if variant == "unpaired-stats" else "only"},
                            **common)
     raise SystemExit(f"unknown variant {variant!r}")
+
+
+def lambda_trace(history: list[dict]) -> list[float]:
+    """The generator-side penalty weight lambda_Y at a quarter, half, three quarters and the end of a two-way run
+    (empty for runs without one): whether the adaptive rule settled or ran away."""
+    points = [h for h in history if "lambda_y" in h]
+    if not points:
+        return []
+    last = points[-1]["iteration"]
+    return [next(h["lambda_y"] for h in points if h["iteration"] >= last * q) for q in (0.25, 0.5, 0.75, 1.0)]
 
 
 def main() -> None:
@@ -106,6 +118,9 @@ def main() -> None:
     parser.add_argument("--cycle-weight", type=float, default=1e4, help="weight of the cycle MSE (release 1e4)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--long-side", type=int, default=256, help="long side of the prepared photos")
+    parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",
+                        help="the critic's colour-statistics branch for every two-way variant (off: the release's "
+                             "critic); runs go to VARIANT-critic-MODE")
     parser.add_argument("--split", choices=["balanced", "shuffled"], default="balanced",
                         help="S and R dealt by mean luminance (balanced) or by the seeded shuffle alone")
     args = parser.parse_args()
@@ -132,7 +147,8 @@ def main() -> None:
 
     rows = {"identity (t vs L(t))": score_against_look(test_pairs, lambda image: image) | {"seconds": 0.0}}
     for variant in args.variants:
-        run_dir = args.work / args.look / variant
+        run_dir = args.work / args.look / (variant if args.critic_stats == "off" or variant == "supervised"
+                                           else f"{variant}-critic-{args.critic_stats}")
         config = variant_config(variant, folders, args, run_dir / "checkpoints")
         started = time.perf_counter()
         result = train(config)
@@ -146,7 +162,8 @@ def main() -> None:
         scores = score_against_look(test_pairs, model_method(Enhancer.from_pretrained(str(model_dir))))
         lambdas = {k: v for k, v in result.metrics.items() if k.startswith("lambda_")}
         finite = all(np.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
-        rows[variant] = scores | {"seconds": elapsed, "iterations": result.iteration, "stable": finite} | lambdas
+        rows[variant] = scores | {"seconds": elapsed, "iterations": result.iteration, "stable": finite,
+                                  "lambda_trace": lambda_trace(history)} | lambdas
 
     print(f"machine: {machine()}")
     print(f"look {args.look}: S {len(split.source)}, R {len(split.reference)}, T {len(split.test)} photos "
@@ -154,11 +171,13 @@ def main() -> None:
           f"at {args.ratio} critic steps per generator step = {args.iterations // args.ratio} generator updates; "
           f"identity / cycle weights {args.identity_weight:g} / {args.cycle_weight:g}, lr {args.lr:g}, "
           f"{args.precision}")
-    print("| model | PSNR vs L(t) dB | CIEDE2000 | train s | final lambda_Y / lambda_X | stable |")
-    print("|---|---|---|---|---|---|")
+    print("| model | PSNR vs L(t) dB | CIEDE2000 | train s | final lambda_Y / lambda_X | lambda_Y at 1/4, 1/2, "
+          "3/4, end | stable |")
+    print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         lam = " / ".join(f"{r[k]:.3g}" for k in ("lambda_y", "lambda_x") if k in r) or "-"
-        print(f"| {name} | {r['psnr']:.2f} | {r['ciede2000']:.2f} | {r['seconds']:.0f} | {lam} | "
+        trace = ", ".join(f"{v:.3g}" for v in r.get("lambda_trace", [])) or "-"
+        print(f"| {name} | {r['psnr']:.2f} | {r['ciede2000']:.2f} | {r['seconds']:.0f} | {lam} | {trace} | "
               f"{r.get('stable', '-')} |")
     (args.work / args.look / "results.json").write_text(json.dumps(
         {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
