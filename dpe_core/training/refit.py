@@ -112,9 +112,12 @@ def refit_affine(config: TrainConfig, model_uri: str, steps: int, out: str | Pat
     chosen = choose(candidates, min_noharm)
     weights = "mlp-average" if "average_from" in chosen else f"mlp-{chosen['step']:06d}"
     mlp.load_state_dict(load_file(str(out / f"{weights}.safetensors")))
-    training = {"refit": {"from": str(model_uri), "from_version": info.version, "residual_scale": residual_scale,
-                          "steps": steps, "lr": lr, "min_noharm": min_noharm, "chosen": chosen,
-                          "config": config.model_dump(mode="json")}, "base_training": info.training}
+    # The base model's record stays at the top (its train / validation / test photo lists are what `dpe quality`
+    # and the card read); the refit is recorded beside it.
+    training = dict(info.training) | {"refit": {
+        "from": str(model_uri), "from_version": info.version, "residual_scale": residual_scale, "steps": steps,
+        "lr": lr, "min_noharm": min_noharm, "chosen": chosen, "seconds": history[-1]["seconds"],
+        "config": config.model_dump(mode="json")}}
     metrics = {k: v for k, v in chosen.items() if k.startswith("eval")}
     save_model(generator, str(out / "model"), ModelInfo(name=name, version=version, training=training,
                                                         metrics=metrics))

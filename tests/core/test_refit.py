@@ -29,7 +29,8 @@ def test_refit_keeps_the_unet_scales_its_residual_and_improves_validation(tmp_pa
     folder = _photo_folder(tmp_path / "photos")
     torch.manual_seed(0)
     start = GlobalUNetGenerator(GeneratorConfig(train_size=32, global_affine=True, output_init_scale=1.0)).eval()
-    save_model(start, str(tmp_path / "start"), ModelInfo(name="start", version="1"))
+    save_model(start, str(tmp_path / "start"), ModelInfo(name="start", version="1",
+                                                         training={"test_photos": ["p5.png"]}))
     config = _config(folder, tmp_path)
     data = build_data(config)
     before = evaluate(start, data.eval_pairs)
@@ -43,6 +44,7 @@ def test_refit_keeps_the_unet_scales_its_residual_and_improves_validation(tmp_pa
     refit, info = load_model(str(tmp_path / "refit" / "model"))
     assert (info.name, info.version) == ("default", "9")
     assert info.training["refit"]["residual_scale"] == 0.5 and info.training["refit"]["chosen"] == chosen
+    assert info.training["test_photos"] == ["p5.png"]  # the base model's splits stay readable
     old, new = start.state_dict(), refit.state_dict()
     for key in old:
         if key.startswith("out2."):
