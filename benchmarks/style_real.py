@@ -98,6 +98,9 @@ def main() -> None:
     parser.add_argument("--identity-weight", type=float, default=1e3)
     parser.add_argument("--cycle-weight", type=float, default=1e4)
     parser.add_argument("--fixed-lambda", type=float, default=None, help="WGAN-GP weight instead of A-WGAN")
+    parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",
+                        help="the critic's colour-statistics branch (off: the release's critic)")
+    parser.add_argument("--critic-lr-scale", type=float, default=1.0, help="critic lr = lr x this (release 1)")
     parser.add_argument("--seed", type=int, default=2010)
     parser.add_argument("--long-side", type=int, default=256)
     args = parser.parse_args()
@@ -108,9 +111,12 @@ def main() -> None:
     roles = prepare(TESTDATA / "natural", data, args.held_out, args.seed, args.long_side)
     extra = {} if args.fixed_lambda is None else {
         "adaptive_lambda": {"initial": args.fixed_lambda, "upper": 1e30, "lower": 0.0}}
+    if args.critic_stats != "off":
+        extra["critic"] = {"global_stats": args.critic_stats}
     config = TrainConfig(
         mode="two-way", steps=args.iterations, lr=args.lr, critic_steps_per_generator_step=args.ratio,
-        identity_weight=args.identity_weight, cycle_weight=args.cycle_weight, image_size=args.size,
+        critic_lr_scale=args.critic_lr_scale, identity_weight=args.identity_weight,
+        cycle_weight=args.cycle_weight, image_size=args.size,
         batch_size=args.batch, seed=args.seed, threads=1, checkpoint_url=str(args.work / "checkpoints"),
         checkpoint_every=max(50, args.iterations // 10), keep_checkpoints=2, log_every=25, eval_every=10**9,
         data={"source_url": str(data / "source"), "reference_url": str(data / "reference")}, **extra)
@@ -138,7 +144,7 @@ def main() -> None:
     print(f"{len(roles['source'])} kphotoalbum sources, {len(roles['reference'])} lomiri references, "
           f"{len(held)} held-out; {args.size} px, batch {args.batch}, {result.iteration} two-way iterations at "
           f"{args.ratio} critic steps per generator step; identity / cycle weights {args.identity_weight:g} / "
-          f"{args.cycle_weight:g}")
+          f"{args.cycle_weight:g}; critic statistics {args.critic_stats}, critic lr x{args.critic_lr_scale:g}")
     keys = list(next(iter(stats.values())))
     print("| set | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
