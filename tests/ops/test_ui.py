@@ -102,8 +102,9 @@ class Browser:
 
     def submit_and_wait_for(self, url: re.Pattern, runs_created, timeout_s: float = 120) -> None:
         """Click the form's Submit and wait until the page is at url. If the server answered the create request
-        with an error (the UI then stays on the form with an error toast) and created no run, click once more, as
-        an operator would; a failure says what the server answered and what the page showed."""
+        with an error (the UI then stays on the form with an error toast), or no create request was answered 30 s
+        after the click, and no run exists, click once more, as an operator would; a failure says what the server
+        answered and what the page showed."""
         answers: list[str] = []
 
         def note(response) -> None:
@@ -113,9 +114,13 @@ class Browser:
         self.page.on("response", note)
         try:
             clicks, deadline = 0, time.monotonic() + timeout_s
+            clicked_at = time.monotonic()
             while time.monotonic() < deadline:
                 refused = any(answer.split(" -> ")[1][0] in "45" for answer in answers)
-                if clicks == 0 or (clicks == 1 and refused and not runs_created()):
+                # A click the page never acted on (no create request 30 s later) is clicked again, as by a person.
+                unanswered = time.monotonic() - clicked_at > 30 and not any("create_flow_run" in a for a in answers)
+                if clicks == 0 or (clicks == 1 and (refused or unanswered) and not runs_created()):
+                    clicked_at = time.monotonic()
                     self.page.get_by_role("button", name="Submit").click()
                     clicks += 1
                 if url.match(self.page.url):
