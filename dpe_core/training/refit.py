@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dpe_core.losses import psnr_loss
 from dpe_core.nn.generator import GlobalUNetGenerator, global_colour_affine, input_statistics
 from dpe_core.nn.modelfile import ModelInfo, load_model, save_model
 from dpe_core.training.config import TrainConfig
@@ -58,6 +59,14 @@ def refit_affine(config: TrainConfig, model_uri: str, steps: int, out: str | Pat
         torch.set_num_threads(config.threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    history_file = out / "history.jsonl"
+    history_file.unlink(missing_ok=True)  # a refit's history is its own, not appended to an earlier one's
+
+    def record(row: dict[str, Any], weights: str) -> None:
+        save_file({k: v.detach().contiguous() for k, v in mlp.state_dict().items()}, str(out / weights))
+        with open(history_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
     scale_residual(generator, residual_scale)
     generator.eval()
     for p in generator.parameters():
@@ -67,12 +76,13 @@ def refit_affine(config: TrainConfig, model_uri: str, steps: int, out: str | Pat
         p.requires_grad_(True)
     data = build_data(config)
     optimiser = torch.optim.Adam(mlp.parameters(), lr=lr)
+    schedule = config.model_copy(update={"lr": lr, "steps": steps, "decay_start": None})  # the loop's lr rule
     autocast = config.precision == "bf16"
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
     for step in range(1, steps + 1):
         for group in optimiser.param_groups:
-            group["lr"] = lr * min(1.0, 2 * (steps - step) / steps)
+            group["lr"] = schedule.lr_at(step)
         batch = data.train.batch(config.seed, step, config.batch_size)
         stats = input_statistics(batch.x)
         with torch.no_grad():
@@ -83,8 +93,7 @@ def refit_affine(config: TrainConfig, model_uri: str, steps: int, out: str | Pat
                     full = generator(batch.x, stats=stats).float()
                 frozen = full - global_colour_affine(mlp, batch.x, stats)  # the U-Net's output alone
         y = frozen + global_colour_affine(mlp, batch.x, stats)
-        err = ((y - batch.y) ** 2 * batch.y_mask).flatten(1).sum(1) / (3 * batch.y_mask.flatten(1).sum(1))
-        loss = torch.log10(err + config.min_mse).mean()
+        loss = psnr_loss(y, batch.y, batch.y_mask, config.min_mse)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -92,10 +101,7 @@ def refit_affine(config: TrainConfig, model_uri: str, steps: int, out: str | Pat
             row = {"step": step, "seconds": round(time.perf_counter() - started, 1)} | evaluate(generator,
                                                                                             data.eval_pairs)
             history.append(row)
-            state = {k: v.detach().clone() for k, v in mlp.state_dict().items()}
-            save_file(state, str(out / f"mlp-{step:06d}.safetensors"))
-            with open(out / "history.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            record(row, f"mlp-{step:06d}.safetensors")
             log.info("refit step %d/%d: validation %.2f dB, no-harm %.2f dB", step, steps, row.get("eval_psnr", 0),
                      row.get("eval_noharm_psnr", 0))
     candidates = list(history)
@@ -105,9 +111,7 @@ def refit_affine(config: TrainConfig, model_uri: str, steps: int, out: str | Pat
         if states:
             mlp.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]})
             row = {"average_from": average_from, "averaged": len(states)} | evaluate(generator, data.eval_pairs)
-            save_file(mlp.state_dict(), str(out / "mlp-average.safetensors"))
-            with open(out / "history.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            record(row, "mlp-average.safetensors")
             candidates.append(row)
     chosen = choose(candidates, min_noharm)
     weights = "mlp-average" if "average_from" in chosen else f"mlp-{chosen['step']:06d}"
