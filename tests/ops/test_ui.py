@@ -105,20 +105,21 @@ class Browser:
         with an error (the UI then stays on the form with an error toast), or no create request was answered 30 s
         after the click, and no run exists, click once more, as an operator would; a failure says what the server
         answered and what the page showed."""
-        answers: list[str] = []
+        answers: list[tuple[str, str, int]] = []  # (method, API path, status) of every non-GET API answer
 
         def note(response) -> None:
             if "/api/" in response.url and response.request.method != "GET":
-                answers.append(f"{response.request.method} {response.url.split('/api', 1)[1]} -> {response.status}")
+                answers.append((response.request.method, response.url.split("/api", 1)[1], response.status))
 
         self.page.on("response", note)
         try:
             clicks, deadline = 0, time.monotonic() + timeout_s
             clicked_at = time.monotonic()
             while time.monotonic() < deadline:
-                refused = any(answer.split(" -> ")[1][0] in "45" for answer in answers)
+                refused = any(status >= 400 for _, _, status in answers)
                 # A click the page never acted on (no create request 30 s later) is clicked again, as by a person.
-                unanswered = time.monotonic() - clicked_at > 30 and not any("create_flow_run" in a for a in answers)
+                unanswered = time.monotonic() - clicked_at > 30 and not any(
+                    "create_flow_run" in path for _, path, _ in answers)
                 if clicks == 0 or (clicks == 1 and (refused or unanswered) and not runs_created()):
                     clicked_at = time.monotonic()
                     self.page.get_by_role("button", name="Submit").click()
@@ -127,8 +128,9 @@ class Browser:
                     self.page.wait_for_load_state()
                     return
                 self.page.wait_for_timeout(500)
+            said = [f"{method} {path} -> {status}" for method, path, status in answers]
             raise AssertionError(f"the form did not go to {url.pattern} within {timeout_s:.0f} s after {clicks} "
-                                 f"Submit click(s); the server answered: {answers}; console errors: {self.errors}; "
+                                 f"Submit click(s); the server answered: {said}; console errors: {self.errors}; "
                                  f"the page at {self.page.url}:\n{self.text()[-3000:]}")
         finally:
             self.page.remove_listener("response", note)
