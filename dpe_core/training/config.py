@@ -35,6 +35,9 @@ class DataConfig(BaseModel):
     extra_train_urls: list[str] = Field(
         default_factory=list,
         description="degrade_url: further photo files (fsspec URLs) used for training only, never for evaluation.")
+    extra_val_urls: list[str] = Field(
+        default_factory=list,
+        description="degrade_url: further photo files (fsspec URLs) used only for evaluation, beside val_names.")
     clean_share: float = Field(0.0, ge=0, le=1, description="Share of undamaged inputs (target = input).")
     target_jitter: float = Field(0.0, ge=0, le=1, description="Strength of a mild family-A draw applied to the "
                                  "photo before it becomes the target (0: the photo as it is).")

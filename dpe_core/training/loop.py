@@ -59,11 +59,13 @@ def _degraded_data(config: TrainConfig) -> TrainingData:
         holdout_urls = [u for u in urls if _name(u) in set(d.val_names)]
     else:
         train_urls, holdout_urls = _split(urls, d.holdout, d.degrade_url)
-    held_names = set(d.val_names) | set(d.exclude_names)
+    held_names = set(d.val_names) | set(d.exclude_names) | {_name(u) for u in d.extra_val_urls}
     leaking = sorted(_name(u) for u in d.extra_train_urls if _name(u) in held_names)
+    leaking += sorted(_name(u) for u in d.extra_val_urls if _name(u) in {_name(t) for t in train_urls})
     if leaking:
-        raise ValueError(f"extra training photos named like validation or test photos: {', '.join(leaking)}")
+        raise ValueError(f"photos both trained on and held out (validation or test): {', '.join(leaking)}")
     train_urls = train_urls + list(d.extra_train_urls)
+    holdout_urls = holdout_urls + list(d.extra_val_urls)
     data = DegradedPairData(
         PhotoSet(train_urls, d.load_size or size, **so), config.augment, d.degrade_strength, d.clean_share,
         tuple(d.crop_scale), d.whole_share, train_size=size, target_jitter=d.target_jitter,

@@ -62,6 +62,27 @@ def test_extra_training_photos_join_training_only_and_never_shadow_held_out_name
         (extra / held).rename(extra / "p1.png")
 
 
+def test_extra_validation_photos_are_evaluated_never_trained_on(tmp_path):
+    (tmp_path / "main").mkdir()
+    (tmp_path / "more").mkdir()
+    folder = _photo_folder(tmp_path / "main", 4)
+    more = _photo_folder(tmp_path / "more", 2)
+    for i in range(2):
+        (more / f"p{i}.png").rename(more / f"v{i}.png")
+    config = TrainConfig(mode="supervised", image_size=32, data=DataConfig(
+        degrade_url=str(folder), val_names=["p1.png"], eval_degradations=2,
+        extra_val_urls=[str(more / "v0.png"), str(more / "v1.png")]))
+    data = build_data(config)
+    assert [u.rsplit("/", 1)[-1] for u in data.train_urls] == ["p0.png", "p2.png", "p3.png"]
+    assert [u.rsplit("/", 1)[-1] for u in data.holdout_urls] == ["p1.png", "v0.png", "v1.png"]
+    assert len(data.eval_pairs) == 3 * 2  # every validation photo, both fixed degradations
+    # A validation photo named like a training photo (the same file under two folders) is refused.
+    (more / "v1.png").rename(more / "p3.png")
+    clash = config.data.model_copy(update={"extra_val_urls": [str(more / "v0.png"), str(more / "p3.png")]})
+    with pytest.raises(ValueError, match="p3.png"):
+        build_data(config.model_copy(update={"data": clash}))
+
+
 def test_crops_at_several_scales_and_clean_share(tmp_path):
     folder = _photo_folder(tmp_path, 3)
     photos = PhotoSet([str(folder / f"p{i}.png") for i in range(3)], 64)
