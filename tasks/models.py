@@ -196,6 +196,7 @@ class EnhancerWarmup(WorkerPlugin):
                 # inductor's disk cache): here, before the flow submits shards, not on a user's photo.
                 status["warm_up"] = enhancer.warm_up()
                 status["device"] = str(getattr(enhancer, "device", resolve_device(self.device)))
+                status["decoders_started"] = prestart_decoders(2 if status["device"].startswith("cuda") else 1)
             except Exception as exc:  # the shard task reports it per file
                 log.exception("warm-up of model %s failed", self.model_uri)
                 status["error"] = f"{type(exc).__name__}: {exc}"
@@ -210,6 +211,19 @@ class EnhancerWarmup(WorkerPlugin):
         if not any(name.startswith(PLUGIN_PREFIX) and getattr(plugin, "model_uri", None) == self.model_uri
                    for name, plugin in worker.plugins.items() if name != self.name):
             evict_model(self.model_uri)
+
+
+def prestart_decoders(count: int) -> int:
+    """Start the worker's decoder processes (tasks/decoder_process.py; ~0.5 s each) during warm-up rather than in
+    the first shard: one per thread that decodes at once (the task's thread on CPU workers, two I/O threads on GPU
+    workers). A failure here is logged only: shards start their decoders themselves."""
+    from tasks.decoder_process import pool
+
+    try:
+        return pool().prestart(count)
+    except Exception:
+        log.exception("starting decoder processes failed")
+        return 0
 
 
 def plugin_name(model_uri: str, device: str = "auto", threads: int | None = None, gpu_only: bool = False,

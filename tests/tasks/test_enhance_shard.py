@@ -127,3 +127,20 @@ def test_strength_reaches_the_outputs(tmp_path, testdata, model_ref):
     assert np.abs(none - original).max() <= 1  # the original, within 8-bit rounding
     assert np.abs(full - original).mean() > 1  # the model changes this photo
     assert np.abs(half - (full + original) / 2).mean() < 0.75  # halfway (clipping and rounding aside)
+
+
+def test_decoder_processes_started_at_warm_up_serve_the_first_photos(tmp_path, testdata):
+    import tasks.decoder_process as dp
+    from tasks.models import prestart_decoders
+
+    fresh = dp.DecoderPool()
+    original, dp._POOL = dp._POOL, fresh
+    try:
+        assert prestart_decoders(1) == 1 and prestart_decoders(1) == 0  # the second call finds it idle
+        (pid,) = fresh.pids()
+        photo = dp.decode_isolated((testdata / "natural" / "coffee.png").read_bytes(), "coffee.png", 60.0)
+        assert photo.pixels.shape == (400, 600, 3)
+        assert fresh.pids() == [pid] and fresh.started == 1  # decoded by the warm child, none started on the way
+    finally:
+        dp._POOL = original
+        fresh.close()
