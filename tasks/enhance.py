@@ -65,6 +65,10 @@ class EnhanceJob(BaseModel):
     # competing with torch's OpenMP threads stalls each parallel op (measured: slower than no overlap).
     overlap_cpu: bool = True
     io_threads: int = Field(2, ge=1, le=64, description="Threads reading/decoding and encoding/writing.")
+    # Decode the next photo (in an I/O thread, so in the decoder process) while this one is encoded in the task's
+    # thread, and only then: a worker whose torch uses every core never shares them with a decode, and decode
+    # and encode (one core each) run side by side. Needs prefetch; encode stays in the task's thread.
+    decode_ahead: bool = False
     checkpoint_every_s: float = 30.0
     # Per-photo decode time limit: decode in a decoder process of the worker (tasks/decoder_process.py), killed
     # and replaced when it takes longer or crashes; the photo fails, the shard goes on. 0: decode in-process.
@@ -136,7 +140,7 @@ def _read(item: WorkItem, job: EnhanceJob) -> tuple[Any, dict[str, float]]:
     data = with_storage_retries(lambda: read_input(source, item.rel, max_bytes=DEFAULT_LIMITS.max_input_bytes),
                                 f"read {item.url}")
     timings = {"read": time.perf_counter() - t0}
-    if not job.overlap_cpu:
+    if not (job.overlap_cpu or job.decode_ahead):
         return data, timings
     return _decode(item, job, data, timings)
 
@@ -334,6 +338,9 @@ class PhotoPipeline:
         self.depth = max(1, job.io_threads) if job.prefetch and not sequential else 0
         self.budget = job.max_inflight_mb * 2**20
         self.pool = ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix="dpe-io") if self.depth else None
+        self.decodes_ahead = job.overlap_cpu or job.decode_ahead  # reads return decoded photos
+        # decode_ahead: the next photo is read and decoded once the model is done with this one (after_model)
+        self.reads_beside_model = not (job.decode_ahead and self.depth)
         self.reads: deque[tuple[WorkItem, Future, int]] = deque()  # (item, future, bytes charged)
         self.writes: deque[tuple[dict[str, Any], dict[str, float], float, Future, int]] = deque()
         self.next_read = 0
@@ -370,13 +377,13 @@ class PhotoPipeline:
         self.peak = max(self.peak, self.inflight())
 
     def _estimate(self, item: WorkItem) -> int:
-        if not self.job.overlap_cpu:  # read ahead as bytes; decoded in the model's thread
+        if not self.decodes_ahead:  # read ahead as bytes; decoded in the model's thread
             return item.size
         return int(item.size * max([1.0, *self._ratios]))
 
     def _fits(self, item: WorkItem) -> bool:
         """Can item be read ahead within the budget? Not before a decode has shown what a file decodes to."""
-        if self.job.overlap_cpu and not self._ratios:
+        if self.decodes_ahead and not self._ratios:
             return False
         return self.inflight() + self._estimate(item) <= self.budget
 
@@ -389,7 +396,8 @@ class PhotoPipeline:
     def top_up_reads(self, model_waits: bool = False) -> None:
         """Read ahead while within the count and the byte budget. model_waits: the model needs the next photo
         now, so it is read even over budget, once the writes behind have drained to the budget."""
-        while self.next_read < len(self.items) and len(self.reads) < max(1, self.depth):
+        ahead = 1 if self.job.decode_ahead else max(1, self.depth)  # one decode at a time beside the encode
+        while self.next_read < len(self.items) and len(self.reads) < ahead:
             item = self.items[self.next_read]
             if model_waits and not self.reads:
                 while self.writes and self.inflight() + self._estimate(item) > self.budget:
@@ -412,8 +420,15 @@ class PhotoPipeline:
             self.top_up_reads()
             raise
         self.hold(loaded, item)
-        self.top_up_reads()  # keep the readers busy while the model runs
+        if self.reads_beside_model:
+            self.top_up_reads()  # keep the readers busy while the model runs
         return item, loaded, timings
+
+    def after_model(self) -> None:
+        """The model is done with the current photo: with decode_ahead, the next ones are read and decoded now,
+        beside this photo's encode."""
+        if not self.reads_beside_model:
+            self.top_up_reads()
 
     def hold(self, loaded: Any, item: WorkItem) -> None:
         """The photo (or its bytes) now in the model's hands."""
@@ -536,7 +551,7 @@ def _enhance_one(pipeline: PhotoPipeline, ledger: ShardLedger, enhancer, job: En
     timings: dict[str, float] = {}
     try:
         item, photo, t = pipeline.next_photo()
-        if not job.overlap_cpu:  # bytes were read ahead; decode here, not beside torch's threads
+        if not pipeline.decodes_ahead:  # bytes were read ahead; decode here, not beside torch's threads
             photo, t = _decode(item, job, photo, t)
             pipeline.hold(photo, item)
         timings |= t
@@ -548,6 +563,7 @@ def _enhance_one(pipeline: PhotoPipeline, ledger: ShardLedger, enhancer, job: En
         timings["enhance"] = time.perf_counter() - t1
     except Exception as exc:
         pipeline.release()
+        pipeline.after_model()
         ledger.finish(record | {"status": "error", "reason": _error_reason(exc)}, timings, t_item)
         return
     if len(previews) < shard.previews:
@@ -558,6 +574,7 @@ def _enhance_one(pipeline: PhotoPipeline, ledger: ShardLedger, enhancer, job: En
                 log(f"preview of {item.rel} failed: {exc}")
     del photo
     pipeline.release()
+    pipeline.after_model()
     if job.overlap_cpu:
         future = pipeline.submit(_encode_write, item, job, enhanced)
         charge = _nbytes(enhanced)

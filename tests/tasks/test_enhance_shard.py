@@ -97,14 +97,72 @@ def test_pipelined_and_sequential_shards_give_the_same_bytes(tmp_path, testdata,
     files = {k: v for k, v in ARCHIVE.items() if k.startswith("2011/")}
     src = make_folder(tmp_path / "src", testdata, files)
     variants = {"sequential": {"prefetch": False}, "io-threads": {"prefetch": True, "overlap_cpu": False},
-                "decode-beside-model": {"prefetch": True, "overlap_cpu": True, "io_threads": 3}}
+                "decode-beside-model": {"prefetch": True, "overlap_cpu": True, "io_threads": 3},
+                "decode-ahead": {"prefetch": True, "overlap_cpu": False, "decode_ahead": True, "io_threads": 1}}
     hashes = {}
     for name, options in variants.items():
         out = tmp_path / name
-        result = process_shard(_shard(src, out), _job(out, model_ref, mode="full", **options))
+        # fp32 throughout: bf16="auto" computes its first images both ways, which a first variant would get alone
+        result = process_shard(_shard(src, out), _job(out, model_ref, mode="full", bf16="off", **options))
         assert [r["status"] for r in result.records] == ["ok"] * len(files)
         hashes[name] = sha256_files(out / "2011")
-    assert hashes["sequential"] == hashes["io-threads"] == hashes["decode-beside-model"]
+    assert hashes["sequential"] == hashes["io-threads"] == hashes["decode-beside-model"] == hashes["decode-ahead"]
+
+
+def test_decode_ahead_never_decodes_beside_the_model_and_decodes_beside_the_encode(tmp_path, testdata,
+                                                                                   monkeypatch):
+    """decode_ahead (CPU workers whose torch takes every core): the next photo is decoded only once the model is
+    done with the current one, and then beside its encode."""
+    import threading
+    import time
+
+    import tasks.enhance as te
+    from dpe_core.io import decode_photo
+
+    events: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    def timed(kind, fn):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    events.append((kind, start, time.perf_counter()))
+        return run
+
+    def slow_decode(data, name, **kwargs):
+        time.sleep(0.05)  # long enough to be seen beside an encode
+        return decode_photo(data, name, **kwargs)
+
+    monkeypatch.setattr(te, "_photo_decoder", lambda job: timed("decode", slow_decode))
+    monkeypatch.setattr(te, "_encode", timed("encode", te._encode))
+
+    class SlowIdentity:
+        def enhance(self, photo, mode="paper"):
+            time.sleep(0.05)
+            return photo.with_pixels(photo.pixels.copy())
+
+    model = SlowIdentity()
+    model.enhance = timed("model", model.enhance)
+    files = {f"a/{i}.jpg": "natural/kpa_jesper.jpg" for i in range(6)}
+    src = make_folder(tmp_path / "src", testdata, files)
+    out = tmp_path / "out"
+    job = _job(out, "unused", prefetch=True, overlap_cpu=False, decode_ahead=True, io_threads=1)
+    result = process_shard(_shard(src, out), job, enhancer_factory=lambda: model)
+    assert [r["status"] for r in result.records] == ["ok"] * 6
+
+    def overlap(a, b):
+        return min(a[2], b[2]) - max(a[1], b[1])
+
+    decodes = [e for e in events if e[0] == "decode"]
+    assert len(decodes) == 6
+    for m in (e for e in events if e[0] == "model"):
+        assert all(overlap(m, d) <= 0 for d in decodes), events
+    # Each next photo's decode started before the current photo's encode ended: they ran side by side.
+    beside = sum(any(overlap(d, e) > 0 for e in events if e[0] == "encode") for d in decodes)
+    assert beside >= 4, events
 
 
 def test_strength_reaches_the_outputs(tmp_path, testdata, model_ref):
