@@ -1,8 +1,8 @@
 """The bundled default model does what its card claims, on the photos its card names as its test split (never
 read in training nor used to choose it), at full resolution with 4 fixed draws per photo and family (the card's
-tables): it restores family-A damage (the family it was trained on) better than every classical tool, it does not
-make family-B damage (never trained on) worse than doing nothing and beats the classical tools there too, and it
-leaves good photos nearly alone (no-harm >= 28 dB, the issue's target)."""
+tables): it restores family-A damage (the family it was trained on) better than every classical tool, it improves
+family-B damage (never trained on) over doing nothing and beats the classical tools there by more than 1 dB, and it
+leaves good photos nearly alone (no-harm >= 32 dB, the issue's aim)."""
 
 from __future__ import annotations
 
@@ -31,14 +31,15 @@ def test_default_model_beats_every_classical_tool_on_its_family(scored):
     rows = scored["A"]
     best_classical = max(rows[name]["psnr"] for name in BASELINES if name != "identity")
     print(_report(rows))
-    assert rows["default"]["psnr"] > best_classical + 0.4  # card: +0.81 dB over autocontrast
-    assert rows["default"]["psnr"] > rows["identity"]["psnr"] + 2.0  # card: +2.62
+    assert rows["default"]["psnr"] > best_classical + 0.3  # card (v5): +0.42 dB over autocontrast
+    assert rows["default"]["psnr"] > rows["identity"]["psnr"] + 2.0  # card: +2.24
 
 
 def test_default_model_keeps_defects_it_never_saw_and_spares_good_photos(scored):
     rows = scored["B"]
     best_classical = max(rows[name]["psnr"] for name in BASELINES if name != "identity")
     print(_report(rows))
-    assert rows["default"]["psnr"] > rows["identity"]["psnr"] - 0.25  # card: -0.03
-    assert rows["default"]["psnr"] > best_classical + 0.4  # card: +0.75
-    assert rows["default"]["noharm_psnr"] >= 28.0  # card: 29.69
+    assert rows["default"]["psnr"] > rows["identity"]["psnr"] + 0.25  # card (v5): +0.43, better than doing nothing
+    assert rows["default"]["psnr"] > best_classical + 1.0  # card: +1.21
+    assert rows["default"]["ciede2000"] < rows["identity"]["ciede2000"]  # card: 6.85 against 7.30
+    assert rows["default"]["noharm_psnr"] >= 32.0  # card: 34.37 (the issue: >= 28, aim 32)
