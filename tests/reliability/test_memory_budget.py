@@ -1,5 +1,5 @@
 """Memory per worker is bounded by configuration: photos read ahead and written behind the model stay within
-``max_inflight_mb``, whatever ``io_threads`` is (tasks/enhance.py PhotoPipeline). Measured in a real process:
+``max_inflight_mb``, whatever ``io_threads`` is (tasks/photo_pipeline.py PhotoPipeline). Measured in a real process:
 its peak resident memory, and the shard's own account of the bytes it had in flight."""
 
 from __future__ import annotations
