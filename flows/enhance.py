@@ -83,7 +83,7 @@ def pipeline_options(cluster: ClusterInfo) -> dict[str, Any]:
     * CPU workers whose torch uses several threads: nothing beside the model (any thread beside torch's OpenMP
       threads stalls its parallel ops: 5-20 % slower), but the next photo is read and decoded (in the decoder
       process) while this one is encoded: one core each, side by side (``decode_ahead``; one worker on 2 cores:
-      0.81x -> 0.92-0.97x the bare loop, benchmarks/pipeline_speed.py).
+      0.79x -> 0.895x the bare loop, benchmarks/pipeline_speed.py --modes full).
     """
     if cluster.use_gpu:
         return {"prefetch": True, "overlap_cpu": True, "io_threads": max(2, cluster.torch_threads or 2)}

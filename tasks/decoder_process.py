@@ -364,9 +364,7 @@ class DecoderPool:
         if child is None or not child.alive():
             if child is not None:
                 child.close()
-            child = DecoderProcess()
-            self.started += 1
-            self.start_s += child.start_s
+            child = self._start()
         try:
             photo = child.decode(data, name, timeout_s, **kwargs)
         except BaseException:
@@ -385,13 +383,17 @@ class DecoderPool:
         Returns how many were started."""
         started = 0
         while len(self.pids()) < count:
-            child = DecoderProcess()
-            self.started += 1
-            self.start_s += child.start_s
+            child = self._start()
             child.decode(_tiny_jpeg(), "warm-up.jpg", 60.0)
             self._put_back(child)
             started += 1
         return started
+
+    def _start(self) -> DecoderProcess:
+        child = DecoderProcess()
+        self.started += 1
+        self.start_s += child.start_s
+        return child
 
     def _put_back(self, child: DecoderProcess) -> None:
         with self._lock:

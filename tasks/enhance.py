@@ -69,6 +69,11 @@ class EnhanceJob(BaseModel):
     # thread, and only then: a worker whose torch uses every core never shares them with a decode, and decode
     # and encode (one core each) run side by side. Needs prefetch; encode stays in the task's thread.
     decode_ahead: bool = False
+
+    @property
+    def reads_decode(self) -> bool:
+        """Whether a photo's reader (an I/O thread with prefetch) decodes it, not the task's thread."""
+        return self.overlap_cpu or self.decode_ahead
     checkpoint_every_s: float = 30.0
     # Per-photo decode time limit: decode in a decoder process of the worker (tasks/decoder_process.py), killed
     # and replaced when it takes longer or crashes; the photo fails, the shard goes on. 0: decode in-process.
@@ -140,7 +145,7 @@ def _read(item: WorkItem, job: EnhanceJob) -> tuple[Any, dict[str, float]]:
     data = with_storage_retries(lambda: read_input(source, item.rel, max_bytes=DEFAULT_LIMITS.max_input_bytes),
                                 f"read {item.url}")
     timings = {"read": time.perf_counter() - t0}
-    if not (job.overlap_cpu or job.decode_ahead):
+    if not job.reads_decode:
         return data, timings
     return _decode(item, job, data, timings)
 
@@ -398,7 +403,7 @@ def _enhance_one(pipeline: PhotoPipeline, ledger: ShardLedger, enhancer, job: En
     timings: dict[str, float] = {}
     try:
         item, photo, t = pipeline.next_photo()
-        if not pipeline.decodes_ahead:  # bytes were read ahead; decode here, not beside torch's threads
+        if not job.reads_decode:  # bytes were read ahead; decode here, not beside torch's threads
             photo, t = _decode(item, job, photo, t)
             pipeline.hold(photo, item)
         timings |= t

@@ -26,7 +26,7 @@ class PhotoPipeline:
 
     def __init__(self, job: Any, items: list[WorkItem], read: Callable[[WorkItem, Any], tuple[Any, dict]],
                  on_write_done: Callable[..., None], sequential: bool = False):
-        self.job = job  # an EnhanceJob: prefetch, overlap_cpu, decode_ahead, io_threads, max_inflight_mb
+        self.job = job  # an EnhanceJob: prefetch, reads_decode, decode_ahead, io_threads, max_inflight_mb
         self.read = read  # (item, job) -> (bytes, or a decoded photo when reads decode, timings)
         self.items = items
         self.on_write_done = on_write_done  # (record, timings, t_item, future) of a finished encode/write
@@ -34,7 +34,6 @@ class PhotoPipeline:
         self.depth = max(1, job.io_threads) if job.prefetch and not sequential else 0
         self.budget = job.max_inflight_mb * 2**20
         self.pool = ThreadPoolExecutor(max_workers=self.depth, thread_name_prefix="dpe-io") if self.depth else None
-        self.decodes_ahead = job.overlap_cpu or job.decode_ahead  # reads return decoded photos
         # decode_ahead: the next photo is read and decoded once the model is done with this one (after_model)
         self.reads_beside_model = not (job.decode_ahead and self.depth)
         self.reads: deque[tuple[WorkItem, Future, int]] = deque()  # (item, future, bytes charged)
@@ -73,13 +72,13 @@ class PhotoPipeline:
         self.peak = max(self.peak, self.inflight())
 
     def _estimate(self, item: WorkItem) -> int:
-        if not self.decodes_ahead:  # read ahead as bytes; decoded in the model's thread
+        if not self.job.reads_decode:  # read ahead as bytes; decoded in the model's thread
             return item.size
         return int(item.size * max([1.0, *self._ratios]))
 
     def _fits(self, item: WorkItem) -> bool:
         """Can item be read ahead within the budget? Not before a decode has shown what a file decodes to."""
-        if self.decodes_ahead and not self._ratios:
+        if self.job.reads_decode and not self._ratios:
             return False
         return self.inflight() + self._estimate(item) <= self.budget
 

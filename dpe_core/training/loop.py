@@ -61,7 +61,8 @@ def _degraded_data(config: TrainConfig) -> TrainingData:
         train_urls, holdout_urls = _split(urls, d.holdout, d.degrade_url)
     held_names = set(d.val_names) | set(d.exclude_names) | {_name(u) for u in d.extra_val_urls}
     leaking = sorted(_name(u) for u in d.extra_train_urls if _name(u) in held_names)
-    leaking += sorted(_name(u) for u in d.extra_val_urls if _name(u) in {_name(t) for t in train_urls})
+    train_names = {_name(u) for u in train_urls}
+    leaking += sorted(_name(u) for u in d.extra_val_urls if _name(u) in train_names)
     if leaking:
         raise ValueError(f"photos both trained on and held out (validation or test): {', '.join(leaking)}")
     train_urls = train_urls + list(d.extra_train_urls)
