@@ -83,6 +83,20 @@ def sym_pad(x: torch.Tensor, p: int) -> torch.Tensor:
     return out
 
 
+def fill_symmetric_border(buf: torch.Tensor, p: int) -> torch.Tensor:
+    """Fill the p-pixel ring of buf [B,C,H+2p,W+2p] in place from its interior, as sym_pad would (p <= H, W)."""
+    if p == 0:
+        return buf
+    h, w = buf.shape[-2] - 2 * p, buf.shape[-1] - 2 * p
+    for j in range(p):  # rows first, then whole columns, so that the corners come out right
+        buf[:, :, p - 1 - j, p : p + w] = buf[:, :, p + j, p : p + w]
+        buf[:, :, p + h + j, p : p + w] = buf[:, :, p + h - 1 - j, p : p + w]
+    for j in range(p):
+        buf[:, :, :, p - 1 - j] = buf[:, :, :, p + j]
+        buf[:, :, :, p + w + j] = buf[:, :, :, p + w - 1 - j]
+    return buf
+
+
 def _bn_affine(bn: IndividualBatchNorm2d, domain: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(a, b) with bn(selu_scale * e) == a * e + b per channel, for e = elu(raw, SELU_ALPHA) (eval mode)."""
     b_n = bn.sets[domain]
@@ -235,21 +249,54 @@ class FoldedGenerator(nn.Module):
         self.requires_grad_(False)
 
     def _conv(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        stride, dilation, pad = self.specs[name]
-        return F.conv2d(sym_pad(x, pad), getattr(self, f"{name}_w"), getattr(self, f"{name}_b"), stride, 0, dilation)
+        return self._conv_padded(name, sym_pad(x, self.specs[name][2]))
+
+    def _conv_padded(self, name: str, padded: torch.Tensor) -> torch.Tensor:
+        stride, dilation, _ = self.specs[name]
+        return F.conv2d(padded, getattr(self, f"{name}_w"), getattr(self, f"{name}_b"), stride, 0, dilation)
+
+    @torch.compiler.disable  # inductor's loops for these strided channels_last copies ran 4x slower than eager
+    def _up_cat_padded(self, t: torch.Tensor, skip: torch.Tensor, pad: int) -> torch.Tensor:
+        """sym_pad(elu(cat([nearest_upsample(t), skip])), pad) for an already-ELU'd skip, written in one pass.
+
+        Why: concatenating, ELU-ing and padding 48-192 channels at full size were three memory passes over the
+        largest tensors of the net (38% of the fp32 forward at 512 px, more than the convs they feed made of
+        the matmul peak). Here the ELU runs on t at a quarter of the pixels, the upsampling is a broadcast
+        copy straight into the padded buffer beside the skip, and only the border ring is copied again.
+        """
+        b, ct, h, w = t.shape
+        big_h, big_w = skip.shape[-2:]
+        if pad > big_h or pad > big_w:  # numpy's repeated mirror: the general path
+            up = F.interpolate(t, size=(big_h, big_w), mode="nearest")
+            return sym_pad(self._elu(torch.cat([up, skip], dim=1)), pad)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        buf = torch.empty((b, ct + skip.shape[1], big_h + 2 * pad, big_w + 2 * pad), dtype=skip.dtype,
+                          device=skip.device, memory_format=layout)
+        inner = buf[:, :, pad : pad + big_h, pad : pad + big_w]
+        te = F.elu(t, alpha=SELU_ALPHA).to(skip.dtype)
+        if big_h == 2 * h and big_w == 2 * w:
+            for dy in (0, 1):  # four plain strided copies: a broadcasting copy here ran 4x slower
+                for dx in (0, 1):
+                    inner[:, :ct, dy::2, dx::2].copy_(te)
+        else:
+            inner[:, :ct].copy_(F.interpolate(te, size=(big_h, big_w), mode="nearest"))
+        inner[:, ct:].copy_(skip)
+        fill_symmetric_border(buf, pad)
+        return buf
 
     @staticmethod
     def _elu(x: torch.Tensor) -> torch.Tensor:
         return F.elu_(x, alpha=SELU_ALPHA)
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        raws = []
+        """(e5, [e1..e4]): the encoder's activations after their ELU (the skips, which the decoder would ELU
+        again after the concatenation: elu of a concatenation is the concatenation of the elus)."""
+        skips = []
         e = x
         for name in ("enc1", "enc2", "enc3", "enc4"):
-            raw = self._conv(name, e)
-            raws.append(raw)
-            e = F.elu(raw, alpha=SELU_ALPHA)
-        return self._elu(self._conv("enc5", e)), raws
+            e = self._elu(self._conv(name, e))
+            skips.append(e)
+        return self._elu(self._conv("enc5", e)), skips
 
     def _global(self, e5: torch.Tensor, stats: torch.Tensor | None) -> torch.Tensor:
         h = self._elu(self._conv("global1", e5))
@@ -272,21 +319,17 @@ class FoldedGenerator(nn.Module):
     def forward(self, x: torch.Tensor, global_vector: torch.Tensor | None = None,
                 stats: torch.Tensor | None = None) -> torch.Tensor:
         x = self._prepare(x)
-        e5, raws = self._encode(x)
+        e5, skips = self._encode(x)
         stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp)
         g = self._global(e5, stats) if global_vector is None else global_vector.to(e5.dtype)
         local = self._conv("local5", e5)
         gbias = torch.einsum("oc,bc->bo", self.fuse_global_w, g.flatten(1)) + self.fuse_b
         d = F.conv2d(local, self.fuse_w, None) + gbias[:, :, None, None]
         d = self._elu(d)
-        for name, skip in zip(("dec4", "dec3", "dec2", "dec1"), reversed(raws), strict=True):
-            t = self._conv(name, d)
-            if t.shape[-2] * 2 == skip.shape[-2] and t.shape[-1] * 2 == skip.shape[-1]:
-                t = F.interpolate(t, scale_factor=2.0, mode="nearest")
-            else:
-                t = F.interpolate(t, size=skip.shape[-2:], mode="nearest")
-            d = self._elu(torch.cat([t, skip], dim=1))
-        d = self._elu(self._conv("out1", d))
+        t = self._conv("dec4", d)
+        for consumer, skip in zip(("dec3", "dec2", "dec1", "out1"), reversed(skips), strict=True):
+            t = self._conv_padded(consumer, self._up_cat_padded(t, skip, self.specs[consumer][2]))
+        d = self._elu(t)
         y = apply_head(x, self._conv("out2", d))
         if self.affine_mlp is not None:
             y = y + global_colour_affine(self.affine_mlp, x, stats).to(y.dtype)

@@ -37,7 +37,8 @@ class EnhancerOptions(BaseModel):
     batch_size: int = Field(4, ge=1, description="Images per forward at the working size.")
     domain: int = Field(0, ge=0, le=1, description="iBN set: 0 = real photos (always, for enhancement).")
     channels_last: bool = Field(True, description="oneDNN/cuDNN convs are faster on NHWC (CPU: ~5-10% here).")
-    compile: bool = Field(False, description="torch.compile the net (CPU: ~1 min compile per process, ~1.5x).")
+    compile: bool = Field(False, description="torch.compile the net (CPU: ~1 min compile per process; since the "
+                          "decoder writes its padded buffers in one pass, no faster than eager).")
     compile_apply: Literal["auto", "on", "off"] = Field(
         "auto", description="CPU full-resolution apply: 'auto' uses the fused C loop once warm_up() compiled it."
     )

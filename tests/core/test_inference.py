@@ -23,7 +23,7 @@ from dpe_core.guided import (
     working_size,
 )
 from dpe_core.inference import Enhancer, ModelFileError
-from dpe_core.inference_graph import FoldedGenerator, enlarged_rate, sym_pad, tile_margin
+from dpe_core.inference_graph import FoldedGenerator, enlarged_rate, fill_symmetric_border, sym_pad, tile_margin
 from dpe_core.nn import GeneratorConfig, build_generator, save_model, symmetric_pad
 from dpe_core.nn.modelfile import BUNDLED_MODELS
 from dpe_core.quality.degradations import Degradation
@@ -76,6 +76,18 @@ def test_sym_pad_is_numpy_symmetric(p):
     assert torch.equal(sym_pad(x, p), symmetric_pad(x, p))
     small = torch.randn(1, 2, 2, 5)  # pad larger than the axis: numpy's repeated mirror
     assert torch.equal(sym_pad(small, 3), symmetric_pad(small, 3))
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_border_filled_in_place_equals_sym_pad(p, channels_last):
+    # The decoder writes its upsampled, concatenated tensor into a padded buffer and fills only the ring.
+    x = torch.randn(2, 5, 7, 9)
+    buf = torch.full((2, 5, 7 + 2 * p, 9 + 2 * p), float("nan"))
+    if channels_last:
+        buf = buf.contiguous(memory_format=torch.channels_last)
+    buf[:, :, p : p + 7, p : p + 9] = x
+    assert torch.equal(fill_symmetric_border(buf, p), symmetric_pad(x, p))
 
 
 @pytest.mark.parametrize("domain", [0, 1])
