@@ -1,4 +1,4 @@
-"""Make a second set of real photos from Debian's wallpaper packages: 28 photographs, 1024 px long side.
+"""Make more real photos from Debian packages: 28 wallpaper photographs, or 16 jigsaw-puzzle photographs.
 
 Why: the 46 natural photos of the shared test data were all there was for training, validation and test, and a
 validation split of 6 photos could not tell two candidate models apart (a 1.5 dB gain on it vanished on the test
@@ -8,7 +8,14 @@ package's ``usr/share/doc/PACKAGE/copyright`` (GPL-2+ for mate-backgrounds, CC-B
 plasma-workspace-wallpapers, CC-BY-SA for the lomiri wallpapers); the manifest written beside the photos names
 package, version, path and the sha256 of every source file.
 
-    python benchmarks/debian_photos.py OUT_DIR        # needs apt-get (Debian/Ubuntu) and dpkg-deb
+    python benchmarks/debian_photos.py OUT_DIR                  # the 28 wallpapers
+    python benchmarks/debian_photos.py OUT_DIR --set puzzles    # the 16 puzzle photos
+    # needs apt-get (Debian/Ubuntu) and dpkg-deb
+
+The puzzle set: the photos of two jigsaw games, ``palapeli-data`` (5 Wikimedia Commons photos, licence and
+author in each puzzle's ``.desktop`` file: GFDL / CC-BY-SA) and ``jigzo-data`` (11 photos, GPL-2+ / GPL-2 by the
+package's copyright file; its 12th, the penguin, is CC-BY-NC-SA and left out). A jigzo ``.pzl`` file holds a
+texture atlas JPEG; the photo is the atlas rectangle its ``image X Y W H`` line names (about 480x640 px).
 
 Output: OUT_DIR/NAME.png (sRGB, 8 bit, long side 1024, Lanczos) and OUT_DIR/MANIFEST.tsv; each photo is written
 atomically, so a rerun replaces them whole.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import subprocess
 import sys
 import tempfile
@@ -40,6 +48,40 @@ PHOTOS: list[tuple[str, str, str]] = [
         "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
         "OneStandsOut", "Path", "Volna", "summer_1am")],
 ]
+
+
+# (output name, package, path inside the package). A .pzl is cut out of its texture atlas (see crop_pzl).
+PUZZLES: list[tuple[str, str, str]] = [
+    *[(f"palapeli_{n.replace('-', '_')}", "palapeli-data", f"usr/share/palapeli/collection/{n}.jpg") for n in (
+        "castle-maintenon", "cincinnati-bridge", "citrus-fruits", "european-honey-bee", "panther-chameleon-female")],
+    *[(f"jigzo_{n.split('-')[0]}", "jigzo-data", f"usr/share/games/jigzo/puzzles/00_default/{n}.pzl") for n in (
+        "bike-3x4", "bird-2x3", "blackberry-3x3", "castle-6x3", "clouds-4x4", "gorilla2-3x3", "heli-4x3",
+        "horse-4x3", "tobogan-4x3", "train-2x2", "windmill-4x4")],
+]
+SETS = {"wallpapers": PHOTOS, "puzzles": PUZZLES}
+
+
+def crop_pzl(path: Path) -> Image.Image:
+    """The photo inside a jigzo puzzle: the largest embedded JPEG (the atlas), cut to its ``image`` rectangle."""
+    data = path.read_bytes()
+    header = data[:4096].decode("latin-1").splitlines()
+    rect = next((line.split()[1:5] for line in header if line.startswith("image ")), None)
+    if rect is None:
+        raise SystemExit(f"{path.name}: no 'image X Y W H' line in the puzzle header")
+    x, y, w, h = map(int, rect)
+    atlas, start = None, 0
+    while (start := data.find(b"\xff\xd8\xff", start)) >= 0:
+        try:
+            with Image.open(io.BytesIO(data[start:])) as im:
+                im.load()
+                if atlas is None or im.width * im.height > atlas.width * atlas.height:
+                    atlas = im.convert("RGB")
+        except OSError:
+            pass  # a JPEG marker inside other data
+        start += 3
+    if atlas is None or x + w > atlas.width or y + h > atlas.height:
+        raise SystemExit(f"{path.name}: no texture atlas holding the {w}x{h} photo at ({x}, {y})")
+    return atlas.crop((x, y, x + w, y + h))
 
 
 def sha256(path: Path) -> str:
@@ -75,7 +117,7 @@ def source_file(root: Path, inner: str) -> Path:
 
 
 def write_photo(source: Path, out: Path) -> None:
-    with Image.open(source) as im:
+    with (Image.open(source) if source.suffix != ".pzl" else crop_pzl(source)) as im:
         im = ImageOps.exif_transpose(im).convert("RGB")
         scale = LONG_SIDE / max(im.size)
         if scale < 1:
@@ -88,19 +130,22 @@ def write_photo(source: Path, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for NAME.png and MANIFEST.tsv")
+    parser.add_argument("--set", choices=sorted(SETS), default="wallpapers", dest="photo_set",
+                        help="which photos (default: wallpapers)")
     args = parser.parse_args(argv)
+    photos = SETS[args.photo_set]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = ["name\tpackage\tversion\tsource\tsource_sha256\tlicence"]
     with tempfile.TemporaryDirectory() as tmp:
-        roots = fetch_packages({p for _, p, _ in PHOTOS}, Path(tmp))
-        for name, package, inner in PHOTOS:
+        roots = fetch_packages({p for _, p, _ in photos}, Path(tmp))
+        for name, package, inner in photos:
             root, version = roots[package]
             src = source_file(root, inner)
             write_photo(src, args.out / f"{name}.png")
             rows.append(f"{name}.png\t{package}\t{version}\t{src.relative_to(root)}\t{sha256(src)}\t"
                         f"usr/share/doc/{package}/copyright")
     (args.out / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
-    print(f"{len(PHOTOS)} photos in {args.out}")
+    print(f"{len(photos)} photos in {args.out}")
     return 0
 
 

@@ -41,9 +41,10 @@ enhancement to full size). Anything outside [0, 1] (or NaN) raises ValueError.
 
 Performance (measured numbers: benchmarks/enhance_speed.py):
 - the net runs as a FoldedGenerator (batch norm and SELU scale folded into the next conv, exact), under
-  ``torch.inference_mode``, batched (``batch_size``), channels_last (default; ``channels_last=False`` to disable),
-  autocast bf16 (fp16 where bf16 is unsupported) on CUDA (``amp``), ``torch.compile`` when ``compile=True`` (off
-  by default: on CPU it costs ~1 min of compilation per process for ~1.5x);
+  ``torch.inference_mode``, batched (``batch_size``) on GPUs and one image at a time on CPUs (faster there:
+  benchmarks/model_speed.py), channels_last (default; ``channels_last=False`` to disable), autocast bf16 (fp16
+  where bf16 is unsupported) on CUDA (``amp``), ``torch.compile`` when ``compile=True`` (off by default: on CPU it
+  costs ~1 min of compilation per process and is no faster than the eager folded net);
 - the full-resolution stages of ``full`` (area downscale, guided fit, apply) run on CPU as strips handed one at a
   time to a pool of single-threaded Python threads (dpe_core.threads): when another process keeps a core busy, that
   core costs its share instead of a wait at every OpenMP barrier (measured on 2 cores with one taken: a 12 MP apply
@@ -205,7 +206,7 @@ class Enhancer:
         return self.enhance_batch([image], mode, strength)[0]
 
     def enhance_batch(self, images: Sequence[Any], mode: Mode = "full", strength: float = 1.0) -> list[Any]:
-        """Enhance several images; the working-size forwards are batched (batch_size at a time)."""
+        """Enhance several images; the working-size forwards are batched (batch_size at a time; one by one on CPUs)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         strength = check_strength(strength)

@@ -34,7 +34,8 @@ class EnhancerOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     working_size: int | None = Field(None, ge=16, description="Net input square; None: the model's train_size.")
-    batch_size: int = Field(4, ge=1, description="Images per forward at the working size.")
+    batch_size: int = Field(4, ge=1, description="Images per forward at the working size (GPUs; CPUs run one at a "
+                            "time, faster there).")
     domain: int = Field(0, ge=0, le=1, description="iBN set: 0 = real photos (always, for enhancement).")
     channels_last: bool = Field(True, description="oneDNN/cuDNN convs are faster on NHWC (CPU: ~5-10% here).")
     compile: bool = Field(False, description="torch.compile the net (CPU: ~1 min compile per process; since the "
