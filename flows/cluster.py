@@ -48,6 +48,7 @@ class ClusterInfo:
     security: Any = None  # distributed.Security for tls:// schedulers (None: dask's configuration)
     dpe_version: str | None = None  # what every worker must run (checked; None: DPE_VERSION_CHECK=off)
     gpu_wait_s: float = 0.0  # how long the flow waited for GPU workers
+    spare_cores: int = 0  # cores of each CPU worker that torch leaves to decoding/encoding beside the model
 
     @property
     def use_gpu(self) -> bool:
@@ -180,8 +181,19 @@ def _gpu_nannies(n: int, env: dict[str, str]):
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING, name="dpe-gpu")
 
 
+def cpu_worker_threads(cores_per_worker: int, requested: int | None) -> tuple[int, int]:
+    """(torch threads, spare cores) of a CPU worker with this many cores: torch gets all but one core, which
+    decodes and encodes beside the model (one worker on 2 cores: 0.87-0.95x the bare loop with torch on both
+    cores, 1.12-1.27x with one torch thread and the codecs beside it; benchmarks/pipeline_speed.py). A
+    requested thread count is kept as given."""
+    share = max(1, cores_per_worker)
+    threads = requested or (share - 1 if share >= 2 else 1)
+    return threads, max(0, share - threads)
+
+
 def start_local_cluster(params: ClusterParams, api_url: str):
-    """(cluster, kind, workers, gpu_workers, torch_threads) for a local cluster sized to this machine."""
+    """(cluster, kind, workers, gpu_workers, torch_threads, spare_cores) for a local cluster sized to this
+    machine."""
     from distributed import LocalCluster
 
     cores, env = cpu_count(), _worker_env(api_url)
@@ -197,15 +209,15 @@ def start_local_cluster(params: ClusterParams, api_url: str):
             with nanny_environ(env):  # LocalCUDACluster drops its env= option (see nanny_environ)
                 cluster = LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1}, env=env,
                                            dashboard_address=":0", silence_logs=logging.WARNING)
-            return cluster, "LocalCUDACluster", n, n, threads
+            return cluster, "LocalCUDACluster", n, n, threads, 0
         except Exception as exc:  # not installed, or no usable CUDA for it
             log.info("LocalCUDACluster unavailable (%s); pinning one worker per GPU", exc)
-            return _gpu_nannies(n, env), "gpu-nannies", n, n, threads
+            return _gpu_nannies(n, env), "gpu-nannies", n, n, threads, 0
     n = params.workers or default_cpu_workers(cores, memory_gib())
-    threads = params.torch_threads or max(1, cores // n)
+    threads, spare = cpu_worker_threads(cores // n, params.torch_threads)
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", env=env,
                            silence_logs=logging.WARNING)
-    return cluster, "LocalCluster", n, 0, threads
+    return cluster, "LocalCluster", n, 0, threads, spare
 
 
 def gpu_worker_names(client, workers: dict[str, Any] | None = None) -> dict[str, str]:
@@ -320,7 +332,7 @@ def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> It
                     "DASK_CONFIG with distributed.comm.tls)" if params.dask_address.startswith("tls://") else "")
             raise ClusterError(f"cannot connect to the Dask scheduler at {params.dask_address}: "
                                f"{type(exc).__name__}: {exc}{hint}") from exc
-        kind, threads = "external", params.torch_threads
+        kind, threads, spare = "external", params.torch_threads, 0
         try:
             client.wait_for_workers(1, timeout=wait_for_workers_s)
         except Exception as exc:
@@ -329,7 +341,7 @@ def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> It
                                f"within {wait_for_workers_s:.0f} s") from exc
     else:
         with torch_friendly_spawn():
-            cluster, kind, _, _, threads = start_local_cluster(params, api_url)
+            cluster, kind, _, _, threads, spare = start_local_cluster(params, api_url)
         client = Client(cluster.scheduler_address, set_as_default=False)
     try:
         waited = time.perf_counter()
@@ -358,7 +370,7 @@ def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> It
         version = check_versions(client)
         info = ClusterInfo(client.scheduler.address, kind, workers, len(gpus), threads,
                            time.perf_counter() - started, gpu_addresses=sorted(gpus), security=security,
-                           dpe_version=version, gpu_wait_s=waited)
+                           dpe_version=version, gpu_wait_s=waited, spare_cores=0 if gpus else spare)
         yield info, client
     finally:
         client.close()

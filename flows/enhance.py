@@ -78,15 +78,21 @@ def pipeline_options(cluster: ClusterInfo) -> dict[str, Any]:
 
     * GPU workers: the model is fast and decoding/encoding is the work: decode/encode in threads beside it,
       as many as the worker's CPU threads;
-    * CPU workers with one torch thread: reads and writes (and their fsync/network waits) in two threads,
-      decode/encode in the task's thread (~15 % faster than sequential; decoding beside it was not faster);
-    * CPU workers whose torch uses several threads: nothing beside the model (any thread beside torch's OpenMP
-      threads stalls its parallel ops: 5-20 % slower), but the next photo is read and decoded (in the decoder
-      process) while this one is encoded: one core each, side by side (``decode_ahead``; one worker on 2 cores:
-      0.79x -> 0.895x the bare loop, benchmarks/pipeline_speed.py --modes full).
+    * CPU workers with a core that torch leaves free (``spare_cores``: a local worker with several cores gives
+      torch all but one): decode and encode in I/O threads beside the model, on that core (one worker on 2
+      cores: 0.87-0.95x the bare loop with torch on both cores and nothing beside it, 1.12-1.27x so;
+      benchmarks/pipeline_speed.py --modes full --workers 1);
+    * CPU workers with one torch thread and no spare core: reads and writes (and their fsync/network waits) in
+      two threads, decode/encode in the task's thread (~15 % faster than sequential; decoding beside it was not
+      faster);
+    * CPU workers whose torch uses every core (threads set by hand): nothing beside the model (any thread beside
+      torch's OpenMP threads stalls its parallel ops: 5-20 % slower), but the next photo is read and decoded
+      (in the decoder process) while this one is encoded: one core each, side by side (``decode_ahead``).
     """
     if cluster.use_gpu:
         return {"prefetch": True, "overlap_cpu": True, "io_threads": max(2, cluster.torch_threads or 2)}
+    if cluster.spare_cores >= 1:
+        return {"prefetch": True, "overlap_cpu": True, "io_threads": 2}
     if (cluster.torch_threads or 1) == 1:
         return {"prefetch": True, "overlap_cpu": False, "io_threads": 2}
     return {"prefetch": True, "overlap_cpu": False, "decode_ahead": True, "io_threads": 1}

@@ -152,3 +152,24 @@ def test_a_finished_training_task_sets_the_final_count_even_when_its_last_event_
     empty = TrainingProgress("train-b", 30)
     empty.finished(12)  # stopped early (stop_after) before any event came through
     assert empty.snapshot()["iteration"] == 12
+
+
+def test_a_local_cpu_worker_leaves_one_core_to_the_codecs_beside_the_model():
+    from flows.cluster import ClusterInfo, cpu_worker_threads
+    from flows.enhance import pipeline_options
+
+    # One worker on 2 cores: torch on one, decode/encode beside it on the other.
+    assert cpu_worker_threads(2, None) == (1, 1)
+    assert cpu_worker_threads(16, None) == (15, 1)
+    # One core per worker: nothing to spare; a thread count asked for is kept.
+    assert cpu_worker_threads(1, None) == (1, 0)
+    assert cpu_worker_threads(8, 8) == (8, 0) and cpu_worker_threads(8, 4) == (4, 4)
+
+    def info(threads, spare, gpus=0):
+        return ClusterInfo("tcp://127.0.0.1:1", "LocalCluster", 1, gpus, threads, 0.0, spare_cores=spare)
+
+    beside = pipeline_options(info(1, 1))
+    assert beside["overlap_cpu"] and beside["prefetch"] and not beside.get("decode_ahead")
+    alone = pipeline_options(info(2, 0))  # torch on every core: nothing beside the model but the next decode
+    assert not alone["overlap_cpu"] and alone["decode_ahead"]
+    assert not pipeline_options(info(1, 0))["overlap_cpu"]
