@@ -9,9 +9,11 @@ dies mid-decode is replaced too. Both become a per-file error of that photo::
     2011/x.jpg: decoder process failed: timed out after 30 s while decoding
     2011/y.jpg: decoder process failed: decoder process crashed (signal 11: SIGSEGV)
 
-Transport: the request is the file's bytes; the answer is the decoded ``Photo`` pickled with protocol 5 and its
-pixel buffers sent out of band (no extra copy). The parent unpickles with an allow-list (numpy arrays and the
-classes of ``dpe_core.io``): a child that parsed a hostile file is not trusted to run code in the worker.
+Transport (tasks/decoder_transport.py): the request is the file's bytes; the answer is the decoded ``Photo``
+pickled with protocol 5, its pixel buffers out of band in shared memory (files of /dev/shm the parent maps and
+unlinks) or, when small or where that is missing, through the pipe. The parent unpickles with an allow-list
+(numpy arrays and the classes of ``dpe_core.io``): a child that parsed a hostile file is not trusted to run code
+in the worker.
 
 Extension point: ``DPE_DECODER=module:function`` (environment of the worker processes) names the function that
 decodes instead of ``dpe_core.io.decode_photo`` (in the decoder process, or in the worker when the time limit is
@@ -28,13 +30,11 @@ import atexit
 import builtins
 import importlib
 import io
-import json
+import itertools
 import os
 import pickle
 import queue
-import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -42,10 +42,23 @@ import time
 from concurrent.futures import Future
 from typing import Any
 
+from tasks.decoder_transport import (
+    SHM_MIN_BYTES,
+    SHM_PREFIX,
+    grow_pipe,
+    load_photo,
+    map_shm,
+    read_exact,
+    recv_header,
+    remove_shm,
+    remove_stale_shm,
+    send_frame,
+    shm_usable,
+    write_shm,
+)
+
 DEFAULT_DECODER = "dpe_core.io:decode_photo"
 DECODER_ENV = "DPE_DECODER"
-_LEN = struct.Struct("<Q")
-_PIPE_SIZE = 1 << 20  # larger pipe buffers: fewer wake-ups when tens of MB of pixels come back
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -74,91 +87,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return "unknown"
-
-
-# ----------------------------------------------------------------------------------------------- framing
-
-
-def _read_exact(fd: int, size: int, deadline: float | None, into: bytearray | None = None) -> bytearray:
-    """size bytes from fd (a pipe) before the deadline; raises TimeoutError / EOFError."""
-    buffer = into if into is not None else bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                raise TimeoutError
-        n = os.readv(fd, [view[got:]])
-        if n == 0:
-            raise EOFError
-        got += n
-    return buffer
-
-
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _send_frame(fd: int, header: dict[str, Any], payloads: list) -> None:
-    head = json.dumps(header).encode()
-    _write_all(fd, _LEN.pack(len(head)) + head)
-    for payload in payloads:
-        _write_all(fd, payload)
-
-
-def _recv_header(fd: int, deadline: float | None) -> dict[str, Any]:
-    (size,) = _LEN.unpack(_read_exact(fd, _LEN.size, deadline))
-    if size > 1 << 24:
-        raise ValueError(f"decoder process sent a {size}-byte header")
-    return json.loads(bytes(_read_exact(fd, size, deadline)))
-
-
-def _grow_pipe(fd: int) -> None:
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, 1031, _PIPE_SIZE)  # F_SETPIPE_SZ (Linux)
-    except (ImportError, OSError):
-        pass
-
-
-# ------------------------------------------------------------------------------------------- allow-listed unpickling
-
-_NUMPY = {"_reconstruct", "scalar", "_frombuffer", "ndarray", "dtype", "frombuffer"}
-_NUMPY_MODULES = ("numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
-                  "numpy._core.numeric", "numpy.dtypes")
-_BUILTINS = {"tuple", "list", "dict", "set", "frozenset", "bytes", "bytearray", "int", "float", "complex", "str",
-             "bool", "slice", "range"}
-_OTHER = {("copyreg", "_reconstructor"), ("collections", "OrderedDict"), ("fractions", "Fraction"),
-          ("PIL.TiffImagePlugin", "IFDRational")}
-
-
-class _AllowListUnpickler(pickle.Unpickler):
-    """Only data: numpy arrays/dtypes, plain containers, and classes (not functions) of dpe_core.io."""
-
-    def find_class(self, module: str, name: str):
-        if module in _NUMPY_MODULES and name in _NUMPY or name.startswith("dtype[") and module == "numpy.dtypes":
-            return super().find_class(module, name)
-        if module == "builtins" and name in _BUILTINS:
-            return getattr(builtins, name)
-        if (module, name) in _OTHER:
-            return super().find_class(module, name)
-        if module == "dpe_core.io" or module.startswith("dpe_core.io."):
-            found = super().find_class(module, name)
-            if isinstance(found, type):
-                return found
-        raise pickle.UnpicklingError(f"decoder process sent a disallowed object {module}.{name}")
-
-
-def _load_photo(data: bytes, buffers: list[bytearray]):
-    return _AllowListUnpickler(io.BytesIO(data), buffers=buffers).load()
 
 
 def _rebuild_error(header: dict[str, Any], name: str) -> Exception:
@@ -217,10 +145,10 @@ def child_main() -> None:
     decode = load_decoder()
     while True:
         try:
-            header = _recv_header(requests, None)
+            header = recv_header(requests, None)
         except EOFError:
             return
-        data = bytes(_read_exact(requests, header["size"], None))
+        data = bytes(read_exact(requests, header["size"], None))
         name = header.get("name", "")
         try:
             photo = decode(data, name, **header.get("kwargs", {}))
@@ -228,15 +156,26 @@ def child_main() -> None:
             buffers: list[pickle.PickleBuffer] = []
             state = pickle.dumps(photo, protocol=5, buffer_callback=buffers.append)
             raws = [b.raw() for b in buffers]
-            _send_frame(answers, {"ok": True, "pickle": len(state), "buffers": [r.nbytes for r in raws]},
-                        [state, *raws])
+            shm_names = _to_shared_memory(raws, header.get("shm_prefix"))
+            send_frame(answers, {"ok": True, "pickle": len(state), "buffers": [r.nbytes for r in raws],
+                                 "shm": shm_names},
+                       [state, *(r for r, shm in zip(raws, shm_names, strict=True) if shm is None)])
             del photo, buffers, raws, state
         except Exception as exc:
             error = {"ok": False, "type": f"{type(exc).__module__}.{type(exc).__qualname__}", "message": str(exc)}
             for field in ("name", "detail"):
                 if isinstance(getattr(exc, field, None), str):
                     error[field] = getattr(exc, field)
-            _send_frame(answers, error, [])
+            send_frame(answers, error, [])
+
+
+def _to_shared_memory(raws: list, prefix: str | None) -> list[str | None]:
+    """Per buffer: the /dev/shm file it was written to (under the parent's prefix), or None: through the pipe."""
+    names: list[str | None] = []
+    for index, raw in enumerate(raws):
+        name = f"{prefix}{index}" if prefix and raw.nbytes >= SHM_MIN_BYTES else None
+        names.append(name if name and write_shm(name, raw) else None)
+    return names
 
 
 # ----------------------------------------------------------------------------------------------- the parent
@@ -283,9 +222,11 @@ class DecoderProcess:
         self.start_s = time.perf_counter() - t0
         self._in = self.process.stdin.fileno()
         self._out = self.process.stdout.fileno()
-        _grow_pipe(self._in)
-        _grow_pipe(self._out)
+        grow_pipe(self._in)
+        grow_pipe(self._out)
         self.decodes = 0
+        self._requests = itertools.count()
+        self._shm = shm_usable()
 
     @property
     def pid(self) -> int:
@@ -298,21 +239,33 @@ class DecoderProcess:
         """The decoded Photo; raises the decoder's own PhotoError, or a decoder-process error after which this
         object is dead (the caller drops it)."""
         deadline = time.monotonic() + timeout_s if timeout_s else None
+        # Files this request's pixels may come back in: this worker, this child, this request.
+        prefix = f"{SHM_PREFIX}{os.getpid()}-{self.pid}-{next(self._requests)}-" if self._shm else None
+        answered = False
         try:
-            _send_frame(self._in, {"size": len(data), "name": name, "kwargs": kwargs}, [data])
-            header = _recv_header(self._out, deadline)
+            send_frame(self._in, {"size": len(data), "name": name, "kwargs": kwargs, "shm_prefix": prefix}, [data])
+            header = recv_header(self._out, deadline)
             if header.get("ok"):
-                state = bytes(_read_exact(self._out, header["pickle"], deadline))
-                buffers = [_read_exact(self._out, n, deadline) for n in header["buffers"]]
+                state = bytes(read_exact(self._out, header["pickle"], deadline))
+                shm_names = header.get("shm") or [None] * len(header["buffers"])
+                buffers = [read_exact(self._out, n, deadline) if shm is None else map_shm(shm, prefix or "", n)
+                           for n, shm in zip(header["buffers"], shm_names, strict=True)]
+            answered = True
         except TimeoutError:
             self.kill()
             raise decoder_process_error(name, f"timed out after {timeout_s:g} s while decoding") from None
         except (EOFError, BrokenPipeError, ConnectionResetError):
             raise decoder_process_error(name, self._death()) from None
+        except (ValueError, OSError) as exc:  # a buffer the child announced and did not provide as announced
+            self.kill()
+            raise decoder_process_error(name, f"decoder process sent a bad pixel buffer: {exc}") from None
+        finally:
+            if prefix and not answered:
+                remove_shm(prefix)  # what the child wrote for a request that failed
         self.decodes += 1
         if not header.get("ok"):  # the decoder's own error (corrupt, truncated, too many pixels ...)
             raise _rebuild_error(header, name)
-        return _load_photo(state, buffers)
+        return load_photo(state, buffers)
 
     def _death(self) -> str:
         try:
@@ -351,6 +304,7 @@ class DecoderPool:
     """Idle decoder processes of this worker process, checked out one per decoding thread."""
 
     def __init__(self, max_idle: int = 4) -> None:
+        remove_stale_shm()  # pixels a killed worker's decoders left in /dev/shm
         self._idle: list[DecoderProcess] = []
         self._lock = threading.Lock()
         self.max_idle = max_idle
