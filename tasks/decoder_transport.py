@@ -162,30 +162,23 @@ def map_shm(name: Any, prefix: str, size: int) -> mmap.mmap:
         _unlink(path)
 
 
+def _shm_names(prefix: str) -> list[str]:
+    try:
+        return [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+    except OSError:
+        return []
+
+
 def remove_shm(prefix: str) -> int:
     """Remove the files under prefix (a request that failed after its child wrote some); returns how many."""
-    removed = 0
-    try:
-        names = [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
-    except OSError:
-        return 0
-    for name in names:
-        removed += _unlink(os.path.join(SHM_DIR, name))
-    return removed
+    return sum(_unlink(os.path.join(SHM_DIR, name)) for name in _shm_names(prefix))
 
 
 def remove_stale_shm() -> int:
     """Remove the files of worker processes that no longer exist (a worker killed mid-request)."""
-    removed = 0
-    try:
-        names = [n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)]
-    except OSError:
-        return 0
-    for name in names:
-        owner = name[len(SHM_PREFIX):].split("-", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
-            removed += _unlink(os.path.join(SHM_DIR, name))
-    return removed
+    owners = {name: name[len(SHM_PREFIX):].split("-", 1)[0] for name in _shm_names(SHM_PREFIX)}
+    return sum(_unlink(os.path.join(SHM_DIR, name)) for name, owner in owners.items()
+               if owner.isdigit() and not _alive(int(owner)))
 
 
 def _alive(pid: int) -> bool:
