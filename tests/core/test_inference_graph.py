@@ -120,3 +120,15 @@ def test_enlarged_kernels(generator):
         assert torch.allclose(w3.sum(dim=(2, 3)), w1.sum(dim=(2, 3)), atol=1e-5)  # each kernel keeps its sum
         assert dilated.specs[name][1] == 3 and torch.equal(getattr(dilated, f"{name}_w"), w1)
     assert torch.equal(resized.fuse_w, same.fuse_w)  # 1x1 convs untouched
+
+
+def test_compiled_enhancer_gives_the_eager_result(generator):
+    # compile=True keeps the decoder's padded-buffer copies out of the graph (torch.compiler.disable): the two
+    # must still compute the same photo.
+    from dpe_core.inference import Enhancer
+
+    photos = [(torch.rand(90, 120, 3) * 255).to(torch.uint8).numpy() for _ in range(2)]
+    eager = Enhancer(generator, device="cpu", working_size=96, compile_apply="off", bf16="off")
+    compiled = Enhancer(generator, device="cpu", working_size=96, compile_apply="off", bf16="off", compile=True)
+    for a, b in zip(eager.enhance_batch(photos, "paper"), compiled.enhance_batch(photos, "paper"), strict=True):
+        assert a.shape == b.shape and int(abs(a.astype(int) - b.astype(int)).max()) <= 1
