@@ -7,9 +7,11 @@ Pixels: the photo is pickled with protocol 5 and its large buffers (>= ``SHM_MIN
 child into files of ``/dev/shm`` (tmpfs: memory, not disk) named with a prefix the parent chose for that request;
 the parent maps each one copy-on-write and unlinks it at once. Why: through the pipe, 8.9 MB of pixels (the mean
 photo of the natural test set) took 12.5 ms to arrive, about 45% on top of the decode itself; a mapped file
-arrives in one copy. Smaller buffers, and every buffer where /dev/shm is missing or full, go through the pipe.
-A child cannot name a file outside its prefix (``map_shm`` refuses it), and the parent removes whatever a child
-that died or timed out left under its prefix (``remove_shm``).
+arrived in 7.1 ms. Smaller buffers, buffers larger than half the free space of /dev/shm (Docker gives containers
+64 MB there unless told more: deploy/compose.yaml does), and every buffer where /dev/shm is missing go through
+the pipe. A child cannot name a file outside its prefix (``map_shm`` refuses it), and the parent removes whatever
+a child that died or timed out left under its prefix (``remove_shm``), and at a pool's start the files of
+workers that no longer exist (``remove_stale_shm``).
 
 Unpickling uses an allow-list (numpy arrays and the classes of ``dpe_core.io``): a child that parsed a hostile
 file is not trusted to run code in the worker.
@@ -128,10 +130,21 @@ def shm_usable() -> bool:
     return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
 
 
+def shm_free_bytes() -> int:
+    """Bytes free in SHM_DIR (containers often give it 64 MB: Docker's default)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
 def write_shm(name: str, data) -> bool:
     """Child: data into the new file SHM_DIR/name (exclusive, mode 0600). False, leaving nothing, if it cannot
     (plain writes, not a mapping: a full tmpfs then fails the write instead of killing the child with SIGBUS)."""
     path = os.path.join(SHM_DIR, name)
+    if memoryview(data).nbytes > shm_free_bytes() // 2:  # leave room: other programs share this tmpfs
+        return False
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError:

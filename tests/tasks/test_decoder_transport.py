@@ -84,3 +84,13 @@ def test_files_of_a_failed_request_and_of_a_dead_worker_are_removed():
         assert os.path.exists(os.path.join(transport.SHM_DIR, live))  # a live worker's files stay
     finally:
         transport.remove_shm(live)
+
+
+def test_a_buffer_too_large_for_the_free_shared_memory_takes_the_pipe(monkeypatch):
+    # A container's /dev/shm is often 64 MB: a buffer over half the free space is not written there at all.
+    monkeypatch.setattr(transport, "shm_free_bytes", lambda: 3 * 2**20)
+    name = f"{transport.SHM_PREFIX}{os.getpid()}-0-11-0"
+    assert not transport.write_shm(name, b"x" * (2 * 2**20))
+    assert not _ours()
+    assert transport.write_shm(name, b"x" * 2**20)  # half the free space fits
+    transport.remove_shm(name)
