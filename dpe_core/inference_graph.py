@@ -11,6 +11,8 @@ rounding) with fewer memory passes, which is what bounds the eager forward on CP
   to 32x32 and concatenates it: same numbers, 32*32 times the work);
 - symmetric padding is one replicate-pad kernel (identical for a 1-px pad; a 2-px pad gets its outer ring fixed by
   O(perimeter) copies) instead of flips and two concatenations;
+- each decoder step writes upsample + concatenation + ELU + padding in one pass into a pre-padded buffer, the ELU
+  on the half-size tensor and the skip taken after the encoder's own ELU (``_up_cat_padded``);
 - channels_last is optional (``channels_last=True``): oneDNN's convolutions are faster on it, but some padding and
   concat kernels are slower; the Enhancer measures nothing at run time, the benchmark reports both.
 
@@ -259,10 +261,10 @@ class FoldedGenerator(nn.Module):
     def _up_cat_padded(self, t: torch.Tensor, skip: torch.Tensor, pad: int) -> torch.Tensor:
         """sym_pad(elu(cat([nearest_upsample(t), skip])), pad) for an already-ELU'd skip, written in one pass.
 
-        Why: concatenating, ELU-ing and padding 48-192 channels at full size were three memory passes over the
-        largest tensors of the net (38% of the fp32 forward at 512 px, more than the convs they feed made of
-        the matmul peak). Here the ELU runs on t at a quarter of the pixels, the upsampling is a broadcast
-        copy straight into the padded buffer beside the skip, and only the border ring is copied again.
+        Why: upsampling, concatenating, ELU-ing and padding 48-192 channels at full size were memory passes over
+        the largest tensors of the net, 38% of the fp32 forward at 512 px (the convolutions themselves ran at
+        about the matmul's speed). Here the ELU runs on t at a quarter of the pixels, the upsampling is four
+        strided copies straight into the padded buffer beside the skip, and only the border ring is copied again.
         """
         b, ct, h, w = t.shape
         big_h, big_w = skip.shape[-2:]
