@@ -9,8 +9,8 @@ rounding) with fewer memory passes, which is what bounds the eager forward on CP
   VALID 8x8 global conv. What remains between two convolutions is one ``elu(alpha=SELU_ALPHA)``, done in place;
 - the global vector's half of the 1x1 fuse conv is computed once per image as a bias (the release tiles the vector
   to 32x32 and concatenates it: same numbers, 32*32 times the work);
-- symmetric padding is one replicate-pad kernel (identical for a 1-px pad; a 2-px pad gets its outer ring fixed by
-  O(perimeter) copies) instead of flips and two concatenations;
+- symmetric padding is one copy into a pre-padded buffer and O(perimeter) copies for its ring
+  (``fill_symmetric_border``) instead of flips and two concatenations;
 - each decoder step writes upsample + concatenation + ELU + padding in one pass into a pre-padded buffer, the ELU
   on the half-size tensor and the skip taken after the encoder's own ELU (``_up_cat_padded``);
 - channels_last is optional (``channels_last=True``): oneDNN's convolutions are faster on it, but some padding and
@@ -68,21 +68,25 @@ def tile_margin(rate: int = 1) -> int:
 
 
 def sym_pad(x: torch.Tensor, p: int) -> torch.Tensor:
-    """Symmetric padding (edge pixel repeated, numpy 'symmetric') of [B,C,H,W] by p on every side."""
+    """Symmetric padding (edge pixel repeated, numpy 'symmetric') of [B,C,H,W] by p on every side; keeps
+    channels_last."""
     if p == 0:
         return x
     h, w = x.shape[-2:]
     if p > h or p > w:
         return symmetric_pad(x, p)
-    out = F.pad(x, (p, p, p, p), mode="replicate")
-    # replicate repeats x[0] p times; symmetric wants x[j] at p-1-j (and mirrored at the far end).
-    for j in range(1, p):
-        out[:, :, p - 1 - j, :] = out[:, :, p + j, :]
-        out[:, :, p + h + j, :] = out[:, :, p + h - 1 - j, :]
-    for j in range(1, p):
-        out[:, :, :, p - 1 - j] = out[:, :, :, p + j]
-        out[:, :, :, p + w + j] = out[:, :, :, p + w - 1 - j]
-    return out
+    buf = padded_empty(x, x.shape[1], h, w, p)
+    buf[:, :, p : p + h, p : p + w] = x
+    return fill_symmetric_border(buf, p)
+
+
+def padded_empty(like: torch.Tensor, channels: int, h: int, w: int, p: int) -> torch.Tensor:
+    """An uninitialised [B,channels,h+2p,w+2p] buffer with like's dtype, device and layout (channels_last or not).
+    One copy into its interior plus the ring is cheaper than torch's replicate pad on channels_last (1.45 against
+    4.5 ms for 16 channels at 512 px, one thread)."""
+    channels_last = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    return torch.empty((like.shape[0], channels, h + 2 * p, w + 2 * p), dtype=like.dtype, device=like.device,
+                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def fill_symmetric_border(buf: torch.Tensor, p: int) -> torch.Tensor:
@@ -271,9 +275,7 @@ class FoldedGenerator(nn.Module):
         if pad > big_h or pad > big_w:  # numpy's repeated mirror: the general path
             up = F.interpolate(t, size=(big_h, big_w), mode="nearest")
             return sym_pad(self._elu(torch.cat([up, skip], dim=1)), pad)
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        buf = torch.empty((b, ct + skip.shape[1], big_h + 2 * pad, big_w + 2 * pad), dtype=skip.dtype,
-                          device=skip.device, memory_format=layout)
+        buf = padded_empty(skip, ct + skip.shape[1], big_h, big_w, pad)
         inner = buf[:, :, pad : pad + big_h, pad : pad + big_w]
         te = F.elu(t, alpha=SELU_ALPHA).to(skip.dtype)
         if big_h == 2 * h and big_w == 2 * w:
