@@ -248,7 +248,7 @@ class DecoderProcess:
             if header.get("ok"):
                 state = bytes(read_exact(self._out, header["pickle"], deadline))
                 shm_names = header.get("shm") or [None] * len(header["buffers"])
-                buffers = [read_exact(self._out, n, deadline) if shm is None else map_shm(shm, prefix or "", n)
+                buffers = [read_exact(self._out, n, deadline) if shm is None else map_shm(shm, prefix, n)
                            for n, shm in zip(header["buffers"], shm_names, strict=True)]
             answered = True
         except TimeoutError:
@@ -256,9 +256,9 @@ class DecoderProcess:
             raise decoder_process_error(name, f"timed out after {timeout_s:g} s while decoding") from None
         except (EOFError, BrokenPipeError, ConnectionResetError):
             raise decoder_process_error(name, self._death()) from None
-        except (ValueError, OSError) as exc:  # a buffer the child announced and did not provide as announced
-            self.kill()
-            raise decoder_process_error(name, f"decoder process sent a bad pixel buffer: {exc}") from None
+        except (ValueError, OSError) as exc:  # a garbled header, or a buffer not provided as announced
+            self.kill()  # the pipe's framing is lost too: this child cannot serve another request
+            raise decoder_process_error(name, f"decoder process sent a bad answer: {exc}") from None
         finally:
             if prefix and not answered:
                 remove_shm(prefix)  # what the child wrote for a request that failed

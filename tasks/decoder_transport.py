@@ -159,10 +159,11 @@ def write_shm(name: str, data) -> bool:
         os.close(fd)
 
 
-def map_shm(name: Any, prefix: str, size: int) -> mmap.mmap:
+def map_shm(name: Any, prefix: str | None, size: int) -> mmap.mmap:
     """Parent: the child's file SHM_DIR/name mapped copy-on-write (a writable buffer for numpy), then unlinked.
-    Raises ValueError for a name outside this request's prefix or a size that is not the announced one."""
-    if not (isinstance(name, str) and name.startswith(prefix) and "/" not in name and "\0" not in name):
+    Raises ValueError for a name outside this request's prefix (any name, when the request offered none) or a
+    size that is not the announced one."""
+    if not (prefix and isinstance(name, str) and name.startswith(prefix) and "/" not in name and "\0" not in name):
         raise ValueError(f"shared-memory name {name!r} is not under {prefix!r}")
     path = os.path.join(SHM_DIR, name)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -184,6 +185,8 @@ def _shm_names(prefix: str) -> list[str]:
 
 def remove_shm(prefix: str) -> int:
     """Remove the files under prefix (a request that failed after its child wrote some); returns how many."""
+    if not prefix:  # never "every file of /dev/shm"
+        return 0
     return sum(_unlink(os.path.join(SHM_DIR, name)) for name in _shm_names(prefix))
 
 

@@ -59,6 +59,10 @@ def test_a_child_cannot_name_a_file_outside_its_request(tmp_path):
     prefix = f"{transport.SHM_PREFIX}{os.getpid()}-0-7-"
     with pytest.raises(ValueError, match="not under"):
         transport.map_shm("../../etc/passwd", prefix, 10)
+    assert transport.write_shm(f"{prefix}x", b"x" * 10)
+    with pytest.raises(ValueError, match="not under"):  # a request that offered no shared memory accepts none
+        transport.map_shm(f"{prefix}x", None, 10)
+    assert transport.remove_shm("") == 0 and transport.remove_shm(prefix) == 1
     with pytest.raises(ValueError, match="not under"):
         transport.map_shm(f"{transport.SHM_PREFIX}{os.getpid()}-0-8-0", prefix, 10)  # another request's file
     assert transport.write_shm(f"{prefix}0", b"x" * 4096)
