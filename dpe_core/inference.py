@@ -251,8 +251,8 @@ class Enhancer:
 
     def _net_forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu" and batch.shape[0] > 1:
-            # One image at a time on CPUs: a 512 px batch of 4 ran at 67% of the fp32 matmul peak where single
-            # images ran at 75% (benchmarks/model_speed.py; the activations of 4 no longer fit the caches).
+            # One image at a time on CPUs: a 512 px batch of 4 ran at 71% of the fp32 matmul peak where single
+            # images ran at 85% (benchmarks/model_speed.py; the activations of 4 no longer fit the caches).
             return torch.cat([self._net_forward(image[None]) for image in batch])
         if self.bf16.checking:  # "auto": these images both ways; bf16 from here on only if they agree (8-bit)
             out = self._forward(batch)

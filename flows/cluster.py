@@ -183,9 +183,9 @@ def _gpu_nannies(n: int, env: dict[str, str]):
 
 def cpu_worker_threads(cores_per_worker: int, requested: int | None) -> tuple[int, int]:
     """(torch threads, spare cores) of a CPU worker with this many cores: torch gets all but one core, which
-    decodes and encodes beside the model (one worker on 2 cores: 0.87-0.95x the bare loop with torch on both
-    cores, 1.12-1.27x with one torch thread and the codecs beside it; benchmarks/pipeline_speed.py). A
-    requested thread count is kept as given."""
+    decodes and encodes beside the model (one worker's shard on 2 cores, in-process probe: 0.80-0.94x the bare
+    loop with torch on both cores, 1.07-1.25x with one torch thread and the codecs beside it; README
+    "Performance"). A requested thread count is kept as given."""
     share = max(1, cores_per_worker)
     threads = requested or (share - 1 if share >= 2 else 1)
     return threads, max(0, share - threads)
@@ -370,7 +370,7 @@ def dask_cluster(params: ClusterParams, wait_for_workers_s: float = 120.0) -> It
         version = check_versions(client)
         info = ClusterInfo(client.scheduler.address, kind, workers, len(gpus), threads,
                            time.perf_counter() - started, gpu_addresses=sorted(gpus), security=security,
-                           dpe_version=version, gpu_wait_s=waited, spare_cores=0 if gpus else spare)
+                           dpe_version=version, gpu_wait_s=waited, spare_cores=spare)
         yield info, client
     finally:
         client.close()

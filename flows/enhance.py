@@ -80,8 +80,7 @@ def pipeline_options(cluster: ClusterInfo) -> dict[str, Any]:
       as many as the worker's CPU threads;
     * CPU workers with a core that torch leaves free (``spare_cores``: a local worker with several cores gives
       torch all but one): decode and encode in I/O threads beside the model, on that core (one worker on 2
-      cores: 0.87-0.95x the bare loop with torch on both cores and nothing beside it, 1.12-1.27x so;
-      benchmarks/pipeline_speed.py --modes full --workers 1);
+      cores: 0.89x -> 1.11x the bare loop, benchmarks/pipeline_speed.py --modes full --workers 1);
     * CPU workers with one torch thread and no spare core: reads and writes (and their fsync/network waits) in
       two threads, decode/encode in the task's thread (~15 % faster than sequential; decoding beside it was not
       faster);
