@@ -31,15 +31,15 @@ def test_default_model_beats_every_classical_tool_on_its_family(scored):
     rows = scored["A"]
     best_classical = max(rows[name]["psnr"] for name in BASELINES if name != "identity")
     print(_report(rows))
-    assert rows["default"]["psnr"] > best_classical + 0.3  # card (v5): +0.42 dB over autocontrast
-    assert rows["default"]["psnr"] > rows["identity"]["psnr"] + 2.0  # card: +2.24
+    assert rows["default"]["psnr"] > best_classical + 0.8  # card (v6): +1.24 dB over autocontrast
+    assert rows["default"]["psnr"] > rows["identity"]["psnr"] + 2.0  # card: +3.06
 
 
 def test_default_model_keeps_defects_it_never_saw_and_spares_good_photos(scored):
     rows = scored["B"]
     best_classical = max(rows[name]["psnr"] for name in BASELINES if name != "identity")
     print(_report(rows))
-    assert rows["default"]["psnr"] > rows["identity"]["psnr"] + 0.25  # card (v5): +0.43, better than doing nothing
-    assert rows["default"]["psnr"] > best_classical + 1.0  # card: +1.21
-    assert rows["default"]["ciede2000"] < rows["identity"]["ciede2000"]  # card: 6.85 against 7.30
-    assert rows["default"]["noharm_psnr"] >= 32.0  # card: 34.37 (the issue: >= 28, aim 32)
+    assert rows["default"]["psnr"] > rows["identity"]["psnr"] + 0.4  # card (v6): +0.70, better than doing nothing
+    assert rows["default"]["psnr"] > best_classical + 1.0  # card: +1.47
+    assert rows["default"]["ciede2000"] < rows["identity"]["ciede2000"]  # card: 6.78 against 7.30
+    assert rows["default"]["noharm_psnr"] >= 32.0  # card: 33.59 (the issue: >= 28, aim 32)
