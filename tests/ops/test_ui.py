@@ -136,9 +136,9 @@ class Browser:
             self.page.remove_listener("response", note)
 
     def fill_settled(self, values: dict[str, str], settle_s: float = 1.0, tries: int = 3) -> None:
-        """Type each value into its field (Tab after each, so the form takes it as a person's edit), wait settle_s,
-        and type again any field the form has since reset: once in a CI run a late re-render put a default back
-        into a field that had read as typed, and the run went to the deployment's destination."""
+        """Type each value into its field and press Tab (the blur a person's next click gives), wait settle_s, and
+        type again any field the form has since reset. Once in a CI run the created run got the deployment's
+        default destination although its field had read back as typed right after fill()."""
         for _ in range(tries):
             for label, value in values.items():
                 if self.field(label).input_value() != value:
