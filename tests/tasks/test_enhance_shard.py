@@ -136,8 +136,15 @@ def test_decode_ahead_never_decodes_beside_the_model_and_decodes_beside_the_enco
         time.sleep(0.05)  # long enough to be seen beside an encode
         return decode_photo(data, name, **kwargs)
 
+    real_encode = te._encode
+
+    def slow_encode(*args, **kwargs):
+        # A bare encode of this photo takes ~6 ms: on a loaded CI machine the decode thread's start can miss it.
+        time.sleep(0.05)
+        return real_encode(*args, **kwargs)
+
     monkeypatch.setattr(te, "_photo_decoder", lambda job: timed("decode", slow_decode))
-    monkeypatch.setattr(te, "_encode", timed("encode", te._encode))
+    monkeypatch.setattr(te, "_encode", timed("encode", slow_encode))
 
     class SlowIdentity:
         def enhance(self, photo, mode="paper"):
