@@ -187,3 +187,44 @@ def test_masked_mse_averages_per_image_then_over_the_batch():
     assert pooled.item() == pytest.approx((4 * 1.0 + 16 * 0.25) / 20)  # the old formula: 0.4, not 0.625
     assert masked_mse(a, b, mask).item() != pytest.approx(pooled.item())
     assert psnr_loss(a, b, mask).item() == pytest.approx((0.0 + torch.log10(torch.tensor(0.25)).item()) / 2)
+
+
+def test_colour_distance_ignores_which_pixel_is_where_and_sees_a_colour_shift():
+    """Unpaired: shuffling the pixels (or taking other photos with the same colours) costs nothing; a cast does."""
+    from dpe_core.losses import sliced_colour_distance
+
+    g = torch.Generator().manual_seed(0)
+    photos = torch.rand((4, 3, 24, 24), generator=g)
+    shuffled = photos.flatten(2)[:, :, torch.randperm(24 * 24, generator=g)].reshape(photos.shape)
+    warm = (photos * torch.tensor([1.1, 1.0, 0.85])[None, :, None, None]).clamp(0, 1)
+    assert float(sliced_colour_distance(shuffled, photos)) < 1e-10
+    assert float(sliced_colour_distance(warm, photos)) > 1e-4
+
+
+def test_colour_distance_gradient_recovers_the_references_cast_without_pairs():
+    """Descending the distance from one set of photos to *other* photos with a cast learns that cast."""
+    from dpe_core.losses import sliced_colour_distance
+
+    g = torch.Generator().manual_seed(1)
+    sources, others = torch.rand((6, 3, 32, 32), generator=g), torch.rand((6, 3, 32, 32), generator=g)
+    cast = torch.tensor([1.15, 1.0, 0.8])[None, :, None, None]
+    references = others * cast  # the look on different photos: nothing pairs a source with a reference
+    gain = torch.ones((1, 3, 1, 1), requires_grad=True)
+    opt = torch.optim.Adam([gain], lr=0.02)
+    for step in range(150):
+        opt.zero_grad()
+        sliced_colour_distance(sources * gain, references, generator=torch.Generator().manual_seed(step)).backward()
+        opt.step()
+    assert torch.allclose(gain.detach(), cast, atol=0.03), gain.flatten()
+
+
+def test_colour_distance_reads_only_the_masked_pixels():
+    from dpe_core.losses import sliced_colour_distance
+
+    photos = torch.full((2, 3, 8, 8), 0.5)
+    padded = photos.clone()
+    padded[:, :, :, 6:] = 0.0  # padding outside the photo
+    mask = torch.ones((2, 1, 8, 8))
+    mask[:, :, :, 6:] = 0
+    assert float(sliced_colour_distance(padded, photos, fake_mask=mask)) < 1e-10
+    assert float(sliced_colour_distance(padded, photos)) > 1e-3
