@@ -39,6 +39,7 @@ from dpe_core.quality.looks import LOOKS  # noqa: E402
 from dpe_core.quality.style import (  # noqa: E402
     load_pairs,
     mean_luminance,
+    pooled_histogram_transfer,
     prepare_style_sets,
     score_against_look,
     split_style_photos,
@@ -81,6 +82,16 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
         return TrainConfig(**gan, adaptive_lambda={"initial": fixed, "upper": 1e30, "lower": 0.0}, **common)
     if variant == "shared-bn":
         return TrainConfig(**gan, individual_bn=False, **common)
+    if variant.startswith("unpaired-colour-"):
+        # The two-way GAN plus the sliced colour-distribution term (TrainConfig.colour_distribution_weight).
+        # unpaired-colour-W[-mM][-axes]: weight W, running average M of the references' quantiles, and with
+        # "-axes" the three channel axes alone (no random directions).
+        spec = variant.removeprefix("unpaired-colour-")
+        axes = spec.endswith("-axes")
+        weight, _, memory = spec.removesuffix("-axes").partition("-m")
+        return TrainConfig(**gan, colour_distribution_weight=float(weight),
+                           colour_distribution_memory=float(memory or 0),
+                           colour_distribution_projections=0 if axes else 32, **common)
     if variant in ("unpaired-stats", "unpaired-stats-only"):
         # The critic's colour-statistics branch (CriticConfig.global_stats), added to the conv critic or alone.
         return TrainConfig(**gan, critic={"global_stats": "add" if variant == "unpaired-stats" else "only"},
@@ -146,6 +157,13 @@ def main() -> None:
     from dpe_core.inference import Enhancer
 
     rows = {"identity (t vs L(t))": score_against_look(test_pairs, lambda image: image) | {"seconds": 0.0}}
+    # Yardsticks without training: what matching the pooled colours of S to L(R) gives (unpaired, like the GAN),
+    # and the same with L(S) as the references: the colours of the very photos, still never a pixel pair.
+    sources = [pixels for _, pixels, _ in load_pairs(folders["pair_input"], folders["pair_target"])]
+    looked_sources = [target for _, _, target in load_pairs(folders["pair_input"], folders["pair_target"])]
+    references = [pixels for _, pixels, _ in load_pairs(folders["reference"], folders["reference"])]
+    for name, refs in (("histogram transfer S -> L(R)", references), ("histogram transfer S -> L(S)", looked_sources)):
+        rows[name] = score_against_look(test_pairs, pooled_histogram_transfer(sources, refs)) | {"seconds": 0.0}
     for variant in args.variants:
         run_dir = args.work / args.look / (variant if args.critic_stats == "off" or variant == "supervised"
                                            else f"{variant}-critic-{args.critic_stats}")

@@ -124,6 +124,30 @@ def score_against_look(pairs: Sequence[tuple[str, np.ndarray, np.ndarray]], meth
     return {"psnr": float(np.mean(psnrs)), "ciede2000": float(np.mean(des))}
 
 
+def pooled_histogram_transfer(sources: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                              levels: int = 257) -> Method:
+    """An unpaired colour transfer with no training: per channel, the map that sends the quantiles of all source
+    pixels pooled to those of all reference pixels pooled (piecewise linear between ``levels`` quantiles). Images
+    HxWx3 float in [0,1]; returns a Method applying that one fixed map to any photo.
+
+    A yardstick for the style benchmark: if S and L(R) only differed by the look, this would recover a look made
+    of per-channel curves; what it misses on T is what the content of S and R differs by.
+    """
+    def pooled(images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.asarray(im, dtype=np.float32).reshape(-1, 3) for im in images])
+
+    q = np.linspace(0.0, 1.0, levels)
+    source_q, reference_q = np.quantile(pooled(sources), q, axis=0), np.quantile(pooled(references), q, axis=0)
+
+    def transfer(image: np.ndarray) -> np.ndarray:
+        out = np.empty_like(image, dtype=np.float32)
+        for c in range(3):
+            out[..., c] = np.interp(image[..., c], source_q[:, c], reference_q[:, c])
+        return out
+
+    return transfer
+
+
 def colour_statistics(images: Sequence[np.ndarray]) -> dict[str, float]:
     """Mean over images of: L* mean and spread (std), a* and b* means and spreads, saturation (mean chroma
     C*ab) and contrast (L* 95th - 5th percentile). Images HxWx3 float in [0,1] (sRGB)."""

@@ -11,6 +11,7 @@ from dpe_core.quality.style import (
     colour_statistics,
     lab_histogram_distance,
     load_pairs,
+    pooled_histogram_transfer,
     prepare_style_sets,
     score_against_look,
     split_style_photos,
@@ -83,3 +84,24 @@ def test_colour_statistics_see_a_warm_look_and_the_histogram_distance_orders_set
     assert lab_histogram_distance(photos, photos) == pytest.approx(0.0, abs=1e-6)
     half_warm = photos[:3] + warm[3:]
     assert 0 < lab_histogram_distance(photos, half_warm) < lab_histogram_distance(photos, warm) <= 1
+
+
+def test_pooled_histogram_transfer_learns_a_curve_look_from_the_same_photos_and_less_from_others(testdata):
+    """The benchmark's no-training yardstick: matching the pooled colours of S to those of the look on the same
+    photos recovers a per-channel curve look on held-out photos; from other photos it gets far less (the content gap)."""
+    from dpe_core.quality.report import load_photos
+
+    names = sorted(p.name for p in (testdata / "natural").glob("kpa_*.jpg"))[:12]
+    photos = [image for _, image in load_photos(testdata / "natural", names, max_side=96)]
+    sources, others, held_out = photos[:5], photos[5:10], photos[10:]
+
+    def look(image):  # per-channel curves: a warm cast and a gamma
+        return np.clip(image ** np.array([0.8, 1.0, 1.25], dtype=np.float32), 0, 1)
+
+    test_pairs = [(str(i), t, look(t)) for i, t in enumerate(held_out)]
+    same = score_against_look(test_pairs, pooled_histogram_transfer(sources, [look(s) for s in sources]))
+    other = score_against_look(test_pairs, pooled_histogram_transfer(sources, [look(o) for o in others]))
+    identity = score_against_look(test_pairs, lambda image: image)
+    assert same["psnr"] > 38 and same["psnr"] > identity["psnr"] + 10, (same, identity)
+    # Five other family photos differ in content by more than the look: the same map from them lands far lower.
+    assert other["psnr"] < same["psnr"] - 10, (other, same)
