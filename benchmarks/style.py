@@ -82,16 +82,6 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
         return TrainConfig(**gan, adaptive_lambda={"initial": fixed, "upper": 1e30, "lower": 0.0}, **common)
     if variant == "shared-bn":
         return TrainConfig(**gan, individual_bn=False, **common)
-    if variant.startswith("unpaired-colour-"):
-        # The two-way GAN plus the sliced colour-distribution term (TrainConfig.colour_distribution_weight).
-        # unpaired-colour-W[-mM][-axes]: weight W, running average M of the references' quantiles, and with
-        # "-axes" the three channel axes alone (no random directions).
-        spec = variant.removeprefix("unpaired-colour-")
-        axes = spec.endswith("-axes")
-        weight, _, memory = spec.removesuffix("-axes").partition("-m")
-        return TrainConfig(**gan, colour_distribution_weight=float(weight),
-                           colour_distribution_memory=float(memory or 0),
-                           colour_distribution_projections=0 if axes else 32, **common)
     if variant in ("unpaired-stats", "unpaired-stats-only"):
         # The critic's colour-statistics branch (CriticConfig.global_stats), added to the conv critic or alone.
         return TrainConfig(**gan, critic={"global_stats": "add" if variant == "unpaired-stats" else "only"},

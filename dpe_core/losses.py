@@ -44,53 +44,6 @@ def gradient_penalty(
     return torch.clamp(norms - 1.0, min=0.0).mean()
 
 
-def colour_directions(projections: int = 32, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[3, 3 + projections] unit directions in RGB: the three axes, then ``projections`` random ones."""
-    random = torch.randn((3, projections), generator=generator)
-    directions = torch.cat([torch.eye(3), random], dim=1)
-    return directions / directions.norm(dim=0, keepdim=True)
-
-
-def colour_quantiles(images: torch.Tensor, directions: torch.Tensor, mask: torch.Tensor | None = None,
-                     levels: int = 128) -> torch.Tensor:
-    """[levels, D] quantiles of a batch's pixels [B,3,H,W] projected on ``directions`` [3, D]; every valid pixel
-    (mask [B,1,H,W] in {0,1}) of every image is one sample. Keeps the gradient of ``images``."""
-    flat = images.float().permute(0, 2, 3, 1).reshape(-1, images.shape[1])
-    if mask is not None:
-        flat = flat[mask.reshape(-1) > 0.5]
-    q = torch.linspace(0.5 / levels, 1 - 0.5 / levels, levels, device=flat.device, dtype=flat.dtype)
-    return torch.quantile(flat @ directions.to(flat), q, dim=0)
-
-
-def sliced_colour_distance(
-    fake: torch.Tensor,
-    real: torch.Tensor | None = None,
-    fake_mask: torch.Tensor | None = None,
-    real_mask: torch.Tensor | None = None,
-    projections: int = 32,
-    levels: int = 128,
-    generator: torch.Generator | None = None,
-    directions: torch.Tensor | None = None,
-    real_quantiles: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Sliced 2-Wasserstein distance (squared, [0,1] units) between the colour distributions of two batches.
-
-    fake, real: [B,3,H,W] (any B, H, W; fake keeps its gradient); masks [B,1,H,W] in {0,1} name the valid pixels.
-    Every pixel of a batch is one sample in RGB; ``directions`` [3, D] (default: the three axes and
-    ``projections`` random unit directions drawn from ``generator``) project both sets to 1-D, where the distance
-    is the mean squared difference of ``levels`` matched quantiles. ``real_quantiles`` [levels, D] (e.g. a running
-    average over many reference batches) replaces ``real``. Unpaired: it compares what the colours of G(x) and
-    of the references look like, not any pixel with any other. Returns a scalar >= 0 (0 for equal distributions).
-    """
-    directions = colour_directions(projections, generator) if directions is None else directions
-    if real_quantiles is None:
-        if real is None:
-            raise ValueError("sliced_colour_distance needs real or real_quantiles")
-        real_quantiles = colour_quantiles(real.detach(), directions, real_mask, levels)
-    fake_quantiles = colour_quantiles(fake, directions, fake_mask, real_quantiles.shape[0])
-    return (fake_quantiles - real_quantiles.detach().to(fake_quantiles)).pow(2).mean()
-
-
 class AdaptiveLambdaConfig(BaseModel):
     """A-WGAN rule for the gradient-penalty weight (per critic).
 

@@ -72,16 +72,6 @@ class TrainConfig(BaseModel):
     critic_steps_per_generator_step: int = Field(50, ge=1, description="Release: 50 critic steps per G step.")
     identity_weight: float = Field(1e3, description="Weight of MSE(G(x), x): output stays close to its input.")
     cycle_weight: float = Field(1e4, description="Weight of the cycle MSE (two-way).")
-    # Deviation (opt-in): a sliced Wasserstein distance between the colour distributions of G_X(x) and the
-    # references y (and of G_Y(y) and x) over each batch, added to the generators' loss. The critic must learn
-    # what sets a look apart before the generator gets any signal towards it (measured: 8 dB behind the paired
-    # model at 600 updates); this term points at the references' colours from the first update, unpaired.
-    colour_distribution_weight: float = Field(0.0, ge=0, description="two-way: weight of the sliced Wasserstein "
-                                              "distance between generated and real colour distributions (0: off).")
-    colour_distribution_memory: float = Field(0.0, ge=0, lt=1, description="two-way: running-average decay of "
-                                              "the real photos' colour quantiles (0: each batch's own).")
-    colour_distribution_projections: int = Field(32, ge=0, description="two-way: random RGB directions of the "
-                                                 "colour distance besides the three channel axes.")
     individual_bn: bool = Field(True, description="two-way: generated inputs of the cycle pass use their own BN "
                                 "set (the paper's iBN); False: one shared set (the ablation).")
     content_weight: float = Field(1e3, description="one-way: weight of MSE(G(x), paired target).")

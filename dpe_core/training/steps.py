@@ -18,15 +18,12 @@ from torch import nn
 
 from dpe_core.losses import (
     AdaptiveLambda,
-    colour_directions,
-    colour_quantiles,
     critic_wasserstein_loss,
     generator_adversarial_loss,
     gradient_penalty,
     masked_mse,
     per_image_mse,
     psnr_loss,
-    sliced_colour_distance,
 )
 from dpe_core.nn import build_critic, build_generator
 from dpe_core.training.config import TrainConfig
@@ -183,12 +180,6 @@ class TwoWayGANStep(GANStep):
         cycle_y = self.g_x(fake_x.clamp(0, 1), domain=generated)
         cycle = masked_mse(cycle_x, batch.x, batch.x_mask) + masked_mse(cycle_y, batch.y, batch.y_mask)
         loss = adversarial + c.identity_weight * identity + c.cycle_weight * cycle
-        metrics = {}
-        if c.colour_distribution_weight > 0:
-            distance = (self._colour_distance(fake_y, batch.x_mask, batch.y, batch.y_mask, "y")
-                        + self._colour_distance(fake_x, batch.y_mask, batch.x, batch.x_mask, "x"))
-            loss = loss + c.colour_distribution_weight * distance
-            metrics["colour_distance"] = float(distance.detach())
         loss.backward()
         self.opt_g.step()
         return {
@@ -196,30 +187,7 @@ class TwoWayGANStep(GANStep):
             "adversarial": float(adversarial.detach()),
             "identity_mse": float(identity.detach()),
             "cycle_mse": float(cycle.detach()),
-        } | metrics
-
-
-    def _colour_distance(self, fake: torch.Tensor, fake_mask: torch.Tensor, real: torch.Tensor,
-                         real_mask: torch.Tensor, domain: str) -> torch.Tensor:
-        """Sliced colour distance of a generated batch to domain ``domain``'s photos: to this batch's real photos,
-        or (colour_distribution_memory > 0) to a running average of their quantiles over past batches, which
-        estimates the whole reference set's colours instead of 8 crops'. The running average is not checkpointed:
-        a resumed run rebuilds it within a few dozen updates."""
-        c = self.config
-        if c.colour_distribution_memory <= 0:
-            rng = step_generator(c.seed, self.iteration + 10**9)
-            return sliced_colour_distance(fake, real, fake_mask, real_mask, generator=rng,
-                                          projections=c.colour_distribution_projections)
-        if not hasattr(self, "_colour_bank"):
-            self._colour_directions = colour_directions(c.colour_distribution_projections,
-                                                        torch.Generator().manual_seed(c.seed))
-            self._colour_bank: dict[str, torch.Tensor] = {}
-        batch_quantiles = colour_quantiles(real.detach(), self._colour_directions, real_mask)
-        bank = self._colour_bank.get(domain)
-        m = c.colour_distribution_memory
-        self._colour_bank[domain] = bank = batch_quantiles if bank is None else m * bank + (1 - m) * batch_quantiles
-        return sliced_colour_distance(fake, fake_mask=fake_mask, directions=self._colour_directions,
-                                      real_quantiles=bank)
+        }
 
 
 class OneWayGANStep(GANStep):

@@ -88,7 +88,8 @@ def test_colour_statistics_see_a_warm_look_and_the_histogram_distance_orders_set
 
 def test_pooled_histogram_transfer_learns_a_curve_look_from_the_same_photos_and_less_from_others(testdata):
     """The benchmark's no-training yardstick: matching the pooled colours of S to those of the look on the same
-    photos recovers a per-channel curve look on held-out photos; from other photos it gets far less (the content gap)."""
+    photos recovers a per-channel curve look on held-out photos; from other photos it gets far less (the content
+    gap)."""
     from dpe_core.quality.report import load_photos
 
     names = sorted(p.name for p in (testdata / "natural").glob("kpa_*.jpg"))[:12]
