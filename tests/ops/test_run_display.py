@@ -27,7 +27,6 @@ GOOD = {f"p{i:02d}_{name}": f"natural/{name}" for i, name in enumerate([
     "lomiri_picosdeeuropa.jpg", "dahlia.jpg", "motorcycle.png", "coffee.png", "flowers.png", "snake.png",
     "branches.png", "astronaut.png"])}
 PHOTOS = GOOD | {"z_corrupt.jpg": "edge/corrupt_random.jpg"}
-N = len(PHOTOS)
 SHARDS = 2
 UI_LINE = re.compile(r"^enhance run (\S+): (http://127\.0\.0\.1:\d+)/runs/flow-run/([0-9a-f-]{36})$", re.M)
 
