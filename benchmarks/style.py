@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dpe_core.quality.looks import LOOKS  # noqa: E402
+from dpe_core.quality.report import load_photos  # noqa: E402
 from dpe_core.quality.style import (  # noqa: E402
     load_pairs,
     mean_luminance,
@@ -149,9 +150,9 @@ def main() -> None:
     rows = {"identity (t vs L(t))": score_against_look(test_pairs, lambda image: image) | {"seconds": 0.0}}
     # Yardsticks without training: what matching the pooled colours of S to L(R) gives (unpaired, like the GAN),
     # and the same with L(S) as the references: the colours of the very photos, still never a pixel pair.
-    sources = [pixels for _, pixels, _ in load_pairs(folders["pair_input"], folders["pair_target"])]
-    looked_sources = [target for _, _, target in load_pairs(folders["pair_input"], folders["pair_target"])]
-    references = [pixels for _, pixels, _ in load_pairs(folders["reference"], folders["reference"])]
+    source_pairs = load_pairs(folders["pair_input"], folders["pair_target"])
+    sources, looked_sources = [s for _, s, _ in source_pairs], [ls for _, _, ls in source_pairs]
+    references = [pixels for _, pixels in load_photos(folders["reference"])]
     for name, refs in (("histogram transfer S -> L(R)", references), ("histogram transfer S -> L(S)", looked_sources)):
         rows[name] = score_against_look(test_pairs, pooled_histogram_transfer(sources, refs)) | {"seconds": 0.0}
     for variant in args.variants:
