@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dpe_core.quality.looks import LOOKS  # noqa: E402
 from dpe_core.quality.report import load_photos  # noqa: E402
 from dpe_core.quality.style import (  # noqa: E402
+    colour_histograms,
     load_pairs,
+    match_colours,
     mean_luminance,
     pooled_histogram_transfer,
     prepare_style_sets,
@@ -123,17 +125,21 @@ def main() -> None:
     parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",
                         help="the critic's colour-statistics branch for every two-way variant (off: the release's "
                              "critic); runs go to VARIANT-critic-MODE")
-    parser.add_argument("--split", choices=["balanced", "shuffled"], default="balanced",
-                        help="S and R dealt by mean luminance (balanced) or by the seeded shuffle alone")
+    parser.add_argument("--split", choices=["matched", "balanced", "shuffled"], default="matched",
+                        help="S and R re-dealt until their pooled colours match (matched, from the balanced deal), "
+                             "dealt by mean luminance (balanced), or by the seeded shuffle alone; T is the same")
+    parser.add_argument("--tag", default="", help="appended to each run's folder name (runs with other settings)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the training status lines
 
     photos = TESTDATA / "natural"
     names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    balance = mean_luminance(photos, names) if args.split == "balanced" else None
+    balance = mean_luminance(photos, names) if args.split != "shuffled" else None
     split = split_style_photos(names, test=args.test, seed=args.seed, balance=balance)
-    data_dir = args.work / args.look / "data"
+    if args.split == "matched":
+        split = match_colours(split, colour_histograms(photos, split.source + split.reference))
+    data_dir = args.work / args.look / ("data" if args.split == "balanced" else f"data-{args.split}")
     split_file = data_dir / "split.json"
     wanted = {"split": args.split, "seed": args.seed, "long_side": args.long_side} | asdict(split)
     if not split_file.is_file() or json.loads(split_file.read_text()) != wanted:
@@ -147,17 +153,27 @@ def main() -> None:
 
     from dpe_core.inference import Enhancer
 
-    rows = {"identity (t vs L(t))": score_against_look(test_pairs, lambda image: image) | {"seconds": 0.0}}
+    source_pairs = load_pairs(folders["pair_input"], folders["pair_target"])
+
+    def scores_of(method) -> dict:
+        """T's scores, and G(s) against L(s) on S as "s_psnr": where an unpaired run may be chosen (it never saw
+        L(s)); for the supervised model S is its training pairs."""
+        return score_against_look(test_pairs, method) | {"s_psnr": score_against_look(source_pairs, method)["psnr"]}
+
+    rows = {"identity (t vs L(t))": scores_of(lambda image: image) | {"seconds": 0.0}}
     # Yardsticks without training: what matching the pooled colours of S to L(R) gives (unpaired, like the GAN),
     # and the same with L(S) as the references: the colours of the very photos, still never a pixel pair.
-    source_pairs = load_pairs(folders["pair_input"], folders["pair_target"])
     sources, looked_sources = [s for _, s, _ in source_pairs], [ls for _, _, ls in source_pairs]
     references = [pixels for _, pixels in load_photos(folders["reference"])]
     for name, refs in (("histogram transfer S -> L(R)", references), ("histogram transfer S -> L(S)", looked_sources)):
-        rows[name] = score_against_look(test_pairs, pooled_histogram_transfer(sources, refs)) | {"seconds": 0.0}
+        rows[name] = scores_of(pooled_histogram_transfer(sources, refs)) | {"seconds": 0.0}
     for variant in args.variants:
         run_dir = args.work / args.look / (variant if args.critic_stats == "off" or variant == "supervised"
                                            else f"{variant}-critic-{args.critic_stats}")
+        if args.split != "balanced":  # runs of the earlier (balanced) split keep their folders
+            run_dir = run_dir.with_name(f"{run_dir.name}-{args.split}")
+        if args.tag:
+            run_dir = run_dir.with_name(f"{run_dir.name}-{args.tag}")
         config = variant_config(variant, folders, args, run_dir / "checkpoints")
         started = time.perf_counter()
         result = train(config)
@@ -168,7 +184,7 @@ def main() -> None:
         export_model(result, str(model_dir), f"look-{args.look}-{variant}", "1", card={
             "look": args.look, "variant": variant, "source_photos": split.source, "reference_photos":
             split.reference, "test_photos": split.test, "photos_from": str(photos)})
-        scores = score_against_look(test_pairs, model_method(Enhancer.from_pretrained(str(model_dir))))
+        scores = scores_of(model_method(Enhancer.from_pretrained(str(model_dir))))
         lambdas = {k: v for k, v in result.metrics.items() if k.startswith("lambda_")}
         finite = all(np.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
         rows[variant] = scores | {"seconds": elapsed, "iterations": result.iteration, "stable": finite,
@@ -180,14 +196,14 @@ def main() -> None:
           f"at {args.ratio} critic steps per generator step = {args.iterations // args.ratio} generator updates; "
           f"identity / cycle weights {args.identity_weight:g} / {args.cycle_weight:g}, lr {args.lr:g}, "
           f"{args.precision}")
-    print("| model | PSNR vs L(t) dB | CIEDE2000 | train s | final lambda_Y / lambda_X | lambda_Y at 1/4, 1/2, "
-          "3/4, end | stable |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | PSNR vs L(t) dB | CIEDE2000 | S: PSNR vs L(s) dB | train s | final lambda_Y / lambda_X | "
+          "lambda_Y at 1/4, 1/2, 3/4, end | stable |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         lam = " / ".join(f"{r[k]:.3g}" for k in ("lambda_y", "lambda_x") if k in r) or "-"
         trace = ", ".join(f"{v:.3g}" for v in r.get("lambda_trace", [])) or "-"
-        print(f"| {name} | {r['psnr']:.2f} | {r['ciede2000']:.2f} | {r['seconds']:.0f} | {lam} | {trace} | "
-              f"{r.get('stable', '-')} |")
+        print(f"| {name} | {r['psnr']:.2f} | {r['ciede2000']:.2f} | {r['s_psnr']:.2f} | {r['seconds']:.0f} | {lam} | "
+              f"{trace} | {r.get('stable', '-')} |")
     (args.work / args.look / "results.json").write_text(json.dumps(
         {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
 

@@ -50,6 +50,49 @@ def test_balanced_split_gives_s_and_r_the_same_brightness_on_real_photos(testdat
     assert abs(len(balanced.source) - len(balanced.reference)) <= 1
 
 
+def test_matched_split_deals_dark_and_bright_photos_to_both_sides():
+    from dpe_core.quality.style import StyleSplit, match_colours, pooled_colour_distance
+
+    def photo(level: int) -> np.ndarray:  # all pixels in one histogram bin per channel
+        counts = np.zeros((3, 64), dtype=np.int64)
+        counts[:, level] = 100
+        return counts
+
+    histograms = {f"dark{i}": photo(5) for i in range(4)} | {f"bright{i}": photo(60) for i in range(4)}
+    histograms["t0"] = photo(30)
+    unmatched = StyleSplit(source=[f"dark{i}" for i in range(4)], reference=[f"bright{i}" for i in range(4)],
+                           test=["t0"])
+    matched = match_colours(unmatched, histograms)
+    assert matched.test == ["t0"] and len(matched.source) == len(matched.reference) == 4
+    assert sorted(matched.source + matched.reference) == sorted(unmatched.source + unmatched.reference)
+    assert sum(n.startswith("dark") for n in matched.source) == 2  # half of each kind on each side
+    assert pooled_colour_distance([histograms[n] for n in matched.source],
+                                  [histograms[n] for n in matched.reference]) < 1e-9
+    assert pooled_colour_distance([histograms[n] for n in unmatched.source],
+                                  [histograms[n] for n in unmatched.reference]) == pytest.approx(55 / 64)
+    assert match_colours(unmatched, histograms) == matched  # deterministic
+    with pytest.raises(ValueError, match="dark0"):
+        match_colours(unmatched, {k: v for k, v in histograms.items() if k != "dark0"})
+
+
+def test_matched_split_brings_s_and_r_colours_closer_on_real_photos_and_keeps_t(testdata):
+    from dpe_core.quality.style import colour_histograms, match_colours, mean_luminance, pooled_colour_distance
+
+    photos = testdata / "natural"
+    names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    balanced = split_style_photos(names, test=10, seed=2010, balance=mean_luminance(photos, names))
+    histograms = colour_histograms(photos, names)
+    matched = match_colours(balanced, histograms)
+    assert matched.test == balanced.test
+    assert sorted(matched.source + matched.reference) == sorted(balanced.source + balanced.reference)
+
+    def distance(split):
+        return pooled_colour_distance([histograms[n] for n in split.source], [histograms[n] for n in split.reference])
+
+    # Measured: 0.0188 for the brightness-balanced deal, 0.0075 matched.
+    assert distance(matched) < 0.6 * distance(balanced)
+
+
 def test_prepared_sets_carry_the_look_only_where_the_benchmark_says(testdata, tmp_path):
     names = sorted(p.name for p in (testdata / "natural").glob("kpa_*.jpg"))[:7]
     split = split_style_photos(names, test=2)
