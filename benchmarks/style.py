@@ -51,6 +51,7 @@ from dpe_core.sysinfo import machine  # noqa: E402
 from dpe_core.training import TrainConfig  # noqa: E402
 from dpe_core.training.loop import export_model, train  # noqa: E402
 from dpe_core.training.progress import read_history  # noqa: E402
+from dpe_core.training.select import average_checkpoints  # noqa: E402
 
 TESTDATA = Path(os.environ.get("DPE_TESTDATA", Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"))
 
@@ -65,6 +66,10 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
     common = {"image_size": args.size, "batch_size": args.batch, "seed": args.seed, "threads": 1,
               "checkpoint_url": str(checkpoints), "checkpoint_every": max(50, args.iterations // 10),
               "keep_checkpoints": 2, "log_every": 25, "eval_every": 10**9}
+    if args.average_from:  # every checkpoint kept: the exported model averages the later ones
+        common |= {"checkpoint_every": max(10, args.iterations // 20), "keep_checkpoints": 1000}
+    if args.global_affine:  # the default model's colour affine from input statistics, at its lr scale
+        common |= {"generator": {"global_affine": True}, "lr_scales": {"affine_mlp.": 13.333}}
     generator_updates = args.iterations // args.ratio
     if variant == "supervised":
         return TrainConfig(mode="supervised", steps=generator_updates, lr=args.lr, precision=args.precision,
@@ -128,6 +133,12 @@ def main() -> None:
     parser.add_argument("--split", choices=["matched", "balanced", "shuffled"], default="matched",
                         help="S and R re-dealt until their pooled colours match (matched, from the balanced deal), "
                              "dealt by mean luminance (balanced), or by the seeded shuffle alone; T is the same")
+    parser.add_argument("--global-affine", action="store_true",
+                        help="every variant's generator also predicts a colour affine from its input's statistics "
+                             "(GeneratorConfig.global_affine, lr x13.3 as for the default model); name runs with --tag")
+    parser.add_argument("--average-from", type=float, default=0.0,
+                        help="export the mean generator weights of the checkpoints from this fraction of the run on "
+                             "(e.g. 0.5; every variant, paired included); 0: the last weights")
     parser.add_argument("--tag", default="", help="appended to each run's folder name (runs with other settings)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -178,6 +189,8 @@ def main() -> None:
         started = time.perf_counter()
         result = train(config)
         trained_s = time.perf_counter() - started
+        if args.average_from:
+            result = average_checkpoints(str(run_dir / "checkpoints"), int(config.steps * args.average_from))
         history = read_history(str(run_dir / "checkpoints"))
         elapsed = max([float(h.get("seconds", 0.0)) for h in history] + [trained_s])
         model_dir = run_dir / "model"
