@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",
                         help="the critic's colour-statistics branch for every two-way variant (off: the release's "
                              "critic); runs go to VARIANT-critic-MODE")
-    parser.add_argument("--split", choices=["matched", "balanced", "shuffled"], default="matched",
+    parser.add_argument("--split", choices=["matched", "matched-opponent", "balanced", "shuffled"], default="matched",
                         help="S and R re-dealt until their pooled colours match (matched, from the balanced deal), "
                              "dealt by mean luminance (balanced), or by the seeded shuffle alone; T is the same")
     parser.add_argument("--global-affine", action="store_true",
@@ -148,8 +148,9 @@ def main() -> None:
     names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     balance = mean_luminance(photos, names) if args.split != "shuffled" else None
     split = split_style_photos(names, test=args.test, seed=args.seed, balance=balance)
-    if args.split == "matched":
-        split = match_colours(split, colour_histograms(photos, split.source + split.reference))
+    if args.split.startswith("matched"):  # matched-opponent: also along the opponent axes (R-G, G-B, R-B)
+        split = match_colours(split, colour_histograms(photos, split.source + split.reference,
+                                                       opponent=args.split == "matched-opponent"))
     data_dir = args.work / args.look / ("data" if args.split == "balanced" else f"data-{args.split}")
     split_file = data_dir / "split.json"
     wanted = {"split": args.split, "seed": args.seed, "long_side": args.long_side} | asdict(split)

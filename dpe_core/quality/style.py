@@ -75,19 +75,26 @@ def mean_luminance(photo_dir: str | Path, names: Sequence[str], long_side: int =
             for name, pixels in load_photos(Path(photo_dir), list(names), long_side)}
 
 
-def colour_histograms(photo_dir: str | Path, names: Sequence[str], long_side: int = 64,
-                      bins: int = 64) -> dict[str, np.ndarray]:
-    """name -> per-channel pixel counts [3, bins] (R, G, B over [0,1]) of a small copy: what match_colours pools."""
+def colour_histograms(photo_dir: str | Path, names: Sequence[str], long_side: int = 64, bins: int = 64,
+                      opponent: bool = False) -> dict[str, np.ndarray]:
+    """name -> pixel counts [3, bins] along R, G, B over [0,1] of a small copy: what match_colours pools.
+
+    ``opponent`` adds three axes, (R-G+1)/2, (G-B+1)/2 and (R-B+1)/2 ([6, bins]): matching R, G and B one at a time
+    leaves how they combine in a pixel (how yellow or red it is) free."""
     out = {}
     for name, pixels in load_photos(Path(photo_dir), list(names), long_side):
         flat = np.clip(pixels.reshape(-1, 3), 0.0, 1.0)
-        out[name] = np.stack([np.histogram(flat[:, c], bins=bins, range=(0.0, 1.0))[0] for c in range(3)])
+        axes = [flat[:, 0], flat[:, 1], flat[:, 2]]
+        if opponent:
+            axes += [(flat[:, a] - flat[:, b] + 1.0) / 2.0 for a, b in ((0, 1), (1, 2), (0, 2))]
+        out[name] = np.stack([np.histogram(axis, bins=bins, range=(0.0, 1.0))[0] for axis in axes])
     return out
 
 
 def pooled_colour_distance(counts: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> float:
-    """Mean over R, G, B of the 1-D Wasserstein distance (in [0,1] units) between the pooled pixels of two sets
-    of photos, from their colour_histograms (pixels pooled, so a larger photo weighs more, as in training)."""
+    """Mean over the axes (R, G, B, and the opponent ones when given) of the 1-D Wasserstein distance (in [0,1]
+    units) between the pooled pixels of two sets of photos, from their colour_histograms (pixels pooled, so a
+    larger photo weighs more, as in training)."""
     def cdf(group: Sequence[np.ndarray]) -> np.ndarray:
         total = np.sum(group, axis=0, dtype=np.float64)
         return np.cumsum(total, axis=1) / total.sum(axis=1, keepdims=True)

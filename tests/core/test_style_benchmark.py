@@ -75,6 +75,26 @@ def test_matched_split_deals_dark_and_bright_photos_to_both_sides():
         match_colours(unmatched, {k: v for k, v in histograms.items() if k != "dark0"})
 
 
+def test_opponent_axes_tell_apart_photos_whose_channels_match_one_by_one(tmp_path):
+    from dpe_core.quality.style import colour_histograms, pooled_colour_distance
+
+    # Both photos: half of R at 0 and half at 1, the same for G. In one R and G go together (black and yellow),
+    # in the other they are opposite (red and green): per channel identical, as colours not at all.
+    together = np.zeros((8, 8, 3), dtype=np.uint8)
+    together[:4, :, :2] = 255
+    opposite = np.zeros((8, 8, 3), dtype=np.uint8)
+    opposite[:4, :, 0] = 255
+    opposite[4:, :, 1] = 255
+    Image.fromarray(together).save(tmp_path / "together.png")
+    Image.fromarray(opposite).save(tmp_path / "opposite.png")
+    names = ["together.png", "opposite.png"]
+    channels = colour_histograms(tmp_path, names, long_side=8)
+    both = colour_histograms(tmp_path, names, long_side=8, opponent=True)
+    assert channels["together.png"].shape == (3, 64) and both["together.png"].shape == (6, 64)
+    assert pooled_colour_distance([channels["together.png"]], [channels["opposite.png"]]) < 1e-9
+    assert pooled_colour_distance([both["together.png"]], [both["opposite.png"]]) > 0.05
+
+
 def test_matched_split_brings_s_and_r_colours_closer_on_real_photos_and_keeps_t(testdata):
     from dpe_core.quality.style import colour_histograms, match_colours, mean_luminance, pooled_colour_distance
 
