@@ -49,9 +49,10 @@ from dpe_core.quality.style import (  # noqa: E402
 )
 from dpe_core.sysinfo import machine  # noqa: E402
 from dpe_core.training import TrainConfig  # noqa: E402
+from dpe_core.training.checkpoint import checkpoint_urls, list_checkpoints  # noqa: E402
 from dpe_core.training.loop import export_model, train  # noqa: E402
 from dpe_core.training.progress import read_history  # noqa: E402
-from dpe_core.training.select import average_checkpoints  # noqa: E402
+from dpe_core.training.select import average_checkpoints, export_checkpoint  # noqa: E402
 
 TESTDATA = Path(os.environ.get("DPE_TESTDATA", Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"))
 
@@ -66,7 +67,7 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
     common = {"image_size": args.size, "batch_size": args.batch, "seed": args.seed, "threads": 1,
               "checkpoint_url": str(checkpoints), "checkpoint_every": max(50, args.iterations // 10),
               "keep_checkpoints": 2, "log_every": 25, "eval_every": 10**9}
-    if args.average_from:  # every checkpoint kept: the exported model averages the later ones
+    if args.average_from or args.choose_on_s:  # every checkpoint kept: averaged or chosen from after the run
         common |= {"checkpoint_every": max(10, args.iterations // 20), "keep_checkpoints": 1000}
     if args.global_affine:  # the default model's colour affine from input statistics, at its lr scale
         common |= {"generator": {"global_affine": True}, "lr_scales": {"affine_mlp.": 13.333}}
@@ -95,6 +96,23 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
         return TrainConfig(**gan, critic={"global_stats": "add" if variant == "unpaired-stats" else "only"},
                            **common)
     raise SystemExit(f"unknown variant {variant!r}")
+
+
+def checkpoint_on_s(checkpoints: Path, source_pairs) -> dict:
+    """The checkpoint whose G_X scores best on S (G(s) against L(s), PSNR dB): {"sidecar", "iteration", "trace"},
+    the trace listing [iteration, S dB] of every checkpoint. S is where unpaired runs may be chosen; T is never
+    read."""
+    from dpe_core.inference import Enhancer
+
+    trace, candidate = [], checkpoints.parent / "candidate"
+    for iteration in list_checkpoints(str(checkpoints)):
+        sidecar = checkpoint_urls(str(checkpoints), iteration)[1]
+        export_checkpoint(sidecar, str(candidate), "candidate", "0")
+        s_psnr = score_against_look(source_pairs, model_method(Enhancer.from_pretrained(str(candidate))))["psnr"]
+        trace.append([iteration, round(s_psnr, 3), sidecar])
+    shutil.rmtree(candidate, ignore_errors=True)
+    best = max(trace, key=lambda row: (row[1], row[0]))
+    return {"sidecar": best[2], "iteration": best[0], "trace": [row[:2] for row in trace]}
 
 
 def lambda_trace(history: list[dict]) -> list[float]:
@@ -139,6 +157,9 @@ def main() -> None:
     parser.add_argument("--average-from", type=float, default=0.0,
                         help="export the mean generator weights of the checkpoints from this fraction of the run on "
                              "(e.g. 0.5; every variant, paired included); 0: the last weights")
+    parser.add_argument("--choose-on-s", action="store_true",
+                        help="export the checkpoint that scores best on S (G(s) vs L(s)) instead of the last; every "
+                             "variant, paired included")
     parser.add_argument("--tag", default="", help="appended to each run's folder name (runs with other settings)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -195,9 +216,15 @@ def main() -> None:
         history = read_history(str(run_dir / "checkpoints"))
         elapsed = max([float(h.get("seconds", 0.0)) for h in history] + [trained_s])
         model_dir = run_dir / "model"
-        export_model(result, str(model_dir), f"look-{args.look}-{variant}", "1", card={
-            "look": args.look, "variant": variant, "source_photos": split.source, "reference_photos":
-            split.reference, "test_photos": split.test, "photos_from": str(photos)})
+        card = {"look": args.look, "variant": variant, "source_photos": split.source,
+                "reference_photos": split.reference, "test_photos": split.test, "photos_from": str(photos)}
+        if args.choose_on_s:
+            chosen = checkpoint_on_s(run_dir / "checkpoints", source_pairs)
+            export_checkpoint(chosen["sidecar"], str(model_dir), f"look-{args.look}-{variant}", "1",
+                              card | {"chosen_on_s": chosen["trace"]})
+            print(f"{variant}: chose iteration {chosen['iteration']} on S; S dB by iteration: {chosen['trace']}")
+        else:
+            export_model(result, str(model_dir), f"look-{args.look}-{variant}", "1", card=card)
         scores = scores_of(model_method(Enhancer.from_pretrained(str(model_dir))))
         lambdas = {k: v for k, v in result.metrics.items() if k.startswith("lambda_")}
         finite = all(np.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
