@@ -52,7 +52,7 @@ from dpe_core.training import TrainConfig  # noqa: E402
 from dpe_core.training.checkpoint import checkpoint_urls, list_checkpoints  # noqa: E402
 from dpe_core.training.loop import export_model, train  # noqa: E402
 from dpe_core.training.progress import read_history  # noqa: E402
-from dpe_core.training.select import average_checkpoints, export_checkpoint  # noqa: E402
+from dpe_core.training.select import average_checkpoints, export_checkpoint, load_step  # noqa: E402
 
 TESTDATA = Path(os.environ.get("DPE_TESTDATA", Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"))
 
@@ -104,13 +104,11 @@ def checkpoint_on_s(checkpoints: Path, source_pairs) -> dict:
     read."""
     from dpe_core.inference import Enhancer
 
-    trace, candidate = [], checkpoints.parent / "candidate"
+    trace = []
     for iteration in list_checkpoints(str(checkpoints)):
         sidecar = checkpoint_urls(str(checkpoints), iteration)[1]
-        export_checkpoint(sidecar, str(candidate), "candidate", "0")
-        s_psnr = score_against_look(source_pairs, model_method(Enhancer.from_pretrained(str(candidate))))["psnr"]
+        s_psnr = score_against_look(source_pairs, model_method(Enhancer(load_step(sidecar).enhancer)))["psnr"]
         trace.append([iteration, round(s_psnr, 3), sidecar])
-    shutil.rmtree(candidate, ignore_errors=True)
     best = max(trace, key=lambda row: (row[1], row[0]))
     return {"sidecar": best[2], "iteration": best[0], "trace": [row[:2] for row in trace]}
 

@@ -52,14 +52,20 @@ def select_checkpoint(folder: str, metric: str = "eval_psnr", min_noharm: float 
     return max(rows, key=lambda r: (r["metrics"][metric], r["iteration"]))
 
 
+def load_step(sidecar_url: str, **storage_options):
+    """The run's modules rebuilt from one checkpoint (its config is in the sidecar): ``.enhancer`` is its G_X."""
+    sidecar = json.loads(read_bytes(sidecar_url, **storage_options))
+    step = build_step(TrainConfig.model_validate(sidecar["config"]))
+    load_checkpoint(step, sidecar_url, **storage_options)
+    return step
+
+
 def export_checkpoint(sidecar_url: str, uri: str, name: str, version: str, card: dict[str, Any] | None = None,
                       **storage_options) -> ModelInfo:
     """Rebuild a run from a checkpoint (its config is in the sidecar) and publish its G_X as a model."""
     sidecar = json.loads(read_bytes(sidecar_url, **storage_options))
-    config = TrainConfig.model_validate(sidecar["config"])
-    step = build_step(config)
-    load_checkpoint(step, sidecar_url, **storage_options)
-    data = build_data(config)
+    step = load_step(sidecar_url, **storage_options)
+    data = build_data(step.config)
     metrics = (sidecar.get("extra") or {}).get("metrics") or {}
     result = TrainResult(step.iteration, metrics, sidecar_url, step, data, 0.0)
     chosen = {"chosen_checkpoint": sidecar_url.rsplit("/", 1)[-1]}
@@ -73,9 +79,7 @@ def average_checkpoints(folder: str, start: int, **storage_options) -> TrainResu
     if not chosen:
         raise ValueError(f"{folder}: no checkpoint at or after iteration {start}")
     last = checkpoint_urls(folder, chosen[-1])[1]
-    sidecar = json.loads(read_bytes(last, **storage_options))
-    step = build_step(TrainConfig.model_validate(sidecar["config"]))
-    load_checkpoint(step, last, **storage_options)
+    step = load_step(last, **storage_options)
     sums: dict[str, torch.Tensor] = {}
     for iteration in chosen:
         _, tensors = read_checkpoint(checkpoint_urls(folder, iteration)[1], **storage_options)
