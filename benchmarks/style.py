@@ -80,6 +80,7 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
            "critic_steps_per_generator_step": args.ratio, "precision": args.precision,
            "critic_lr_scale": args.critic_lr_scale,
            "identity_weight": args.identity_weight, "cycle_weight": args.cycle_weight,
+           "transport_weight": args.transport_weight,
            "data": {"source_url": str(folders["source"]), "reference_url": str(folders["reference"])}}
     if args.critic_stats != "off":  # the ablations on top of the critic that learns the look
         gan["critic"] = {"global_stats": args.critic_stats}
@@ -141,6 +142,9 @@ def main() -> None:
     # release's weights (1e3, 1e4; set for 512 px) weigh 8x more against the adversarial term than at 512 px.
     parser.add_argument("--identity-weight", type=float, default=1e3, help="weight of MSE(G(x), x) (release 1e3)")
     parser.add_argument("--cycle-weight", type=float, default=1e4, help="weight of the cycle MSE (release 1e4)")
+    parser.add_argument("--transport-weight", type=float, default=0.0,
+                        help="two-way: weight of the colour-transport target (TrainConfig.transport_weight; 0: the "
+                             "release's losses only); name runs with --tag")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--long-side", type=int, default=256, help="long side of the prepared photos")
     parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",

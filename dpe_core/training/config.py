@@ -72,6 +72,11 @@ class TrainConfig(BaseModel):
     critic_steps_per_generator_step: int = Field(50, ge=1, description="Release: 50 critic steps per G step.")
     identity_weight: float = Field(1e3, description="Weight of MSE(G(x), x): output stays close to its input.")
     cycle_weight: float = Field(1e4, description="Weight of the cycle MSE (two-way).")
+    # Deviation (opt-in): the release has no such term. A target from the pooled colours of both photo sets
+    # (dpe_core.training.transport), unpaired like the rest of the two-way losses; see that module for why.
+    transport_weight: float = Field(0.0, ge=0, description="two-way: weight of MSE(G_X(x), T(x)) + MSE(G_Y(y), "
+                                    "T^-1(y)), T the pooled per-channel colour transport from the source photos to "
+                                    "the references (0: off, the release).")
     individual_bn: bool = Field(True, description="two-way: generated inputs of the cycle pass use their own BN "
                                 "set (the paper's iBN); False: one shared set (the ablation).")
     content_weight: float = Field(1e3, description="one-way: weight of MSE(G(x), paired target).")

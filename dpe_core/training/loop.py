@@ -196,6 +196,7 @@ def train(
     device = pick_device(config.device)
     data = data or build_data(config)
     step = build_step(config, device)
+    step.prepare(data.train)
     resumed_from = None
     so = config.data.storage_options
     if config.checkpoint_url:

@@ -27,7 +27,8 @@ from dpe_core.losses import (
 )
 from dpe_core.nn import build_critic, build_generator
 from dpe_core.training.config import TrainConfig
-from dpe_core.training.data import Batch
+from dpe_core.training.data import Batch, UnpairedData
+from dpe_core.training.transport import ColourTransport
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -112,6 +113,10 @@ class GANStep:
         self.iteration += 1
         return metrics
 
+    def prepare(self, data: object) -> None:
+        """Called once by the loop with the training data (data.train) before the first step; most modes need
+        nothing from it."""
+
     def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
         raise NotImplementedError
 
@@ -159,6 +164,16 @@ class TwoWayGANStep(GANStep):
 
     generator_names = ("g_x", "g_y")
     critic_names = ("d_x", "d_y")
+    transport: ColourTransport | None = None
+
+    def prepare(self, data: object) -> None:
+        """With transport_weight > 0: the colour transport of the source photos to the references, from every
+        pixel of both sets (recomputed on resume: it depends only on the photos)."""
+        if self.config.transport_weight > 0:
+            if not isinstance(data, UnpairedData):
+                raise TypeError(f"transport_weight needs unpaired data (source and reference photos), got "
+                                f"{type(data).__name__}")
+            self.transport = ColourTransport.fit(data.source.images, data.reference.images)
 
     def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
         fake_y = self._critic_fakes(self.g_x, batch.x)
@@ -180,6 +195,14 @@ class TwoWayGANStep(GANStep):
         cycle_y = self.g_x(fake_x.clamp(0, 1), domain=generated)
         cycle = masked_mse(cycle_x, batch.x, batch.x_mask) + masked_mse(cycle_y, batch.y, batch.y_mask)
         loss = adversarial + c.identity_weight * identity + c.cycle_weight * cycle
+        extra = {}
+        if c.transport_weight > 0:
+            if self.transport is None:
+                raise RuntimeError("transport_weight > 0 but prepare(data) was not called")
+            transport = (masked_mse(fake_y, self.transport.forward(batch.x), batch.x_mask)
+                         + masked_mse(fake_x, self.transport.inverse(batch.y), batch.y_mask))
+            loss = loss + c.transport_weight * transport
+            extra["transport_mse"] = float(transport.detach())
         loss.backward()
         self.opt_g.step()
         return {
@@ -187,7 +210,7 @@ class TwoWayGANStep(GANStep):
             "adversarial": float(adversarial.detach()),
             "identity_mse": float(identity.detach()),
             "cycle_mse": float(cycle.detach()),
-        }
+        } | extra
 
 
 class OneWayGANStep(GANStep):

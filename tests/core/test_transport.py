@@ -1,0 +1,96 @@
+"""Colour transport: the unpaired prior of the two-way GAN (TrainConfig.transport_weight)."""
+
+from __future__ import annotations
+
+import glob
+
+import numpy as np
+import pytest
+import torch
+
+from dpe_core.quality.degradations import Degradation
+from dpe_core.quality.style import pooled_histogram_transfer
+from dpe_core.training import TrainConfig, build_step
+from dpe_core.training.data import PairedData, PhotoSet, UnpairedData
+from dpe_core.training.transport import ColourTransport
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# A look made of per-channel curves (cooler, darker mid-tones): what a pooled per-channel map can express.
+LOOK = Degradation(gamma=1.25, white_balance=(0.9, 1.0, 1.1))
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(-10 * torch.log10(((a - b) ** 2).mean()))
+
+
+def test_transport_learns_a_per_channel_look_from_two_unpaired_sets_of_real_photos(testdata):
+    photos = PhotoSet(sorted(glob.glob(str(testdata / "natural" / "kpa_*.jpg"))), 64).images
+    # Sources: the left halves of every other photo; references: the look applied to their right halves (like
+    # content, never the same pixels); held out: the other photos, in neither set.
+    sources = [p[:, :, : p.shape[2] // 2] for p in photos[0::2]]
+    references = [LOOK.apply(p[:, :, p.shape[2] // 2 :]) for p in photos[0::2]]
+    held_out = photos[1::2]
+    transport = ColourTransport.fit(sources, references)
+    identity = np.mean([_psnr(t, LOOK.apply(t)) for t in held_out])
+    mapped = np.mean([_psnr(transport.forward(t[None])[0], LOOK.apply(t)) for t in held_out])
+    print(f"held-out photos against the look: identity {identity:.2f} dB, transport {mapped:.2f} dB")
+    # Never a pair: sources and references are different photos, and the held-out ones are neither.
+    assert mapped > identity + 2.5
+    back = np.mean([_psnr(transport.inverse(LOOK.apply(t)[None])[0], t) for t in held_out])
+    assert back > identity + 2.5  # the map back (G_Y's target) undoes the look as well
+
+
+def test_transport_is_the_style_benchmarks_no_training_yardstick():
+    g = torch.Generator().manual_seed(3)
+    sources = [torch.rand(3, 20, 30, generator=g) ** 2 for _ in range(3)]
+    references = [torch.rand(3, 25, 25, generator=g) ** 0.5 for _ in range(2)]
+    image = torch.rand(3, 16, 24, generator=g)
+    ours = ColourTransport.fit(sources, references).forward(image[None])[0].permute(1, 2, 0).numpy()
+    yardstick = pooled_histogram_transfer([s.permute(1, 2, 0).numpy() for s in sources],
+                                          [r.permute(1, 2, 0).numpy() for r in references])
+    np.testing.assert_allclose(ours, yardstick(image.permute(1, 2, 0).numpy()), atol=1e-5)
+
+
+def _unpaired(dark: bool = True, n: int = 4, size: int = 64) -> UnpairedData:
+    g = torch.Generator().manual_seed(11)
+
+    def photo_set(scale: float, offset: float) -> PhotoSet:
+        photos = PhotoSet.__new__(PhotoSet)
+        photos.urls, photos.size = [f"memory://{i}.png" for i in range(n)], size
+        photos.images = [torch.rand(3, size, size, generator=g) * scale + offset for _ in range(n)]
+        return photos
+
+    return UnpairedData(photo_set(0.4, 0.05), photo_set(0.4, 0.55))
+
+
+def test_two_way_transport_term_pulls_the_generator_towards_the_references_colours():
+    data = _unpaired()
+    config = TrainConfig(mode="two-way", image_size=64, batch_size=2, critic_steps_per_generator_step=1, lr=3e-3,
+                         seed=5, identity_weight=0.0, cycle_weight=0.0, transport_weight=1e3)
+    step = build_step(config)
+    step.prepare(data)
+    x = torch.stack(data.source.images[:2])
+    # Measured with batch statistics, as in training: 40 updates are too few to settle the running ones.
+    with torch.no_grad():
+        start = float(step.g_x(x, domain=0).mean())
+    metrics = [step.step(data.batch(config.seed, i, config.batch_size)) for i in range(40)]
+    with torch.no_grad():
+        end = float(step.g_x(x, domain=0).mean())
+    reference_mean = float(torch.stack(data.reference.images).mean())
+    print(f"mean of G_X(x): {start:.3f} -> {end:.3f} (references {reference_mean:.3f})")
+    assert abs(end - reference_mean) < 0.5 * abs(start - reference_mean)
+    assert metrics[-1]["transport_mse"] < 0.5 * metrics[0]["transport_mse"]
+
+
+def test_transport_weight_needs_unpaired_photos_and_a_prepared_step():
+    config = TrainConfig(mode="two-way", image_size=64, batch_size=2, critic_steps_per_generator_step=1,
+                         transport_weight=1.0)
+    step = build_step(config)
+    data = _unpaired()
+    with pytest.raises(RuntimeError, match="prepare"):
+        step.step(data.batch(0, 0, 2))
+    with pytest.raises(TypeError, match="unpaired"):
+        step.prepare(PairedData(data.source, data.reference))
+    with pytest.raises(ValueError, match="at least one"):
+        ColourTransport.fit([], data.reference.images)
