@@ -15,7 +15,9 @@ line and writes results.json in the work folder.
 Variants: ``unpaired`` (two-way GAN, A-WGAN, individual BN: the paper's method), ``supervised`` (the same
 generator on the pairs (s, L(s)): the paired upper bound, same number of generator updates), ``wgan-gp-X``
 (fixed gradient-penalty weight X instead of A-WGAN), ``shared-bn`` (one BN set for real and generated inputs),
-``unpaired-stats`` / ``unpaired-stats-only`` (the critic's colour-statistics branch added to its convs, or alone).
+``unpaired-stats`` / ``unpaired-stats-only`` (the critic's colour-statistics branch added to its convs, or alone),
+``transport-supervised`` (the generator alone on the pairs (s, T(s)), T the no-training colour transport S -> L(R):
+what ``--transport-weight`` gives without the GAN).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -72,10 +75,12 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
     if args.global_affine:  # the default model's colour affine from input statistics, at its lr scale
         common |= {"generator": {"global_affine": True}, "lr_scales": {"affine_mlp.": 13.333}}
     generator_updates = args.iterations // args.ratio
-    if variant == "supervised":
+    if variant in ("supervised", "transport-supervised"):
+        # transport-supervised: the pairs (s, T(s)), T the pooled colour transport S -> L(R): the transport target
+        # alone, without the GAN (still unpaired: L(s) is never read).
+        targets = folders["pair_target" if variant == "supervised" else "transport_target"]
         return TrainConfig(mode="supervised", steps=generator_updates, lr=args.lr, precision=args.precision,
-                           data={"input_url": str(folders["pair_input"]), "target_url": str(folders["pair_target"])},
-                           **common)
+                           data={"input_url": str(folders["pair_input"]), "target_url": str(targets)}, **common)
     gan = {"mode": "two-way", "steps": args.iterations, "lr": args.lr,
            "critic_steps_per_generator_step": args.ratio, "precision": args.precision,
            "critic_lr_scale": args.critic_lr_scale,
@@ -202,8 +207,15 @@ def main() -> None:
     references = [pixels for _, pixels in load_photos(folders["reference"])]
     for name, refs in (("histogram transfer S -> L(R)", references), ("histogram transfer S -> L(S)", looked_sources)):
         rows[name] = scores_of(pooled_histogram_transfer(sources, refs)) | {"seconds": 0.0}
+    if "transport-supervised" in args.variants:  # T(s) for every source photo, T = the transfer S -> L(R)
+        folders["transport_target"] = data_dir / "transport_target"
+        folders["transport_target"].mkdir(exist_ok=True)
+        transfer = pooled_histogram_transfer(sources, references)
+        for name, source, _ in source_pairs:
+            pixels = np.clip(transfer(source) * 255 + 0.5, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folders["transport_target"] / name)
     for variant in args.variants:
-        run_dir = args.work / args.look / (variant if args.critic_stats == "off" or variant == "supervised"
+        run_dir = args.work / args.look / (variant if args.critic_stats == "off" or "supervised" in variant
                                            else f"{variant}-critic-{args.critic_stats}")
         if args.split != "balanced":  # runs of the earlier (balanced) split keep their folders
             run_dir = run_dir.with_name(f"{run_dir.name}-{args.split}")
