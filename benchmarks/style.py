@@ -232,6 +232,7 @@ def main() -> None:
         model_dir = run_dir / "model"
         card = {"look": args.look, "variant": variant, "source_photos": split.source,
                 "reference_photos": split.reference, "test_photos": split.test, "photos_from": str(photos)}
+        chosen = None
         if args.choose_on_s:
             chosen = checkpoint_on_s(run_dir / "checkpoints", source_pairs)
             export_checkpoint(chosen["sidecar"], str(model_dir), f"look-{args.look}-{variant}", "1",
@@ -243,6 +244,7 @@ def main() -> None:
         lambdas = {k: v for k, v in result.metrics.items() if k.startswith("lambda_")}
         finite = all(np.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
         rows[variant] = scores | {"seconds": elapsed, "iterations": result.iteration, "stable": finite,
+                                  "exported_iteration": chosen["iteration"] if chosen else result.iteration,
                                   "lambda_trace": lambda_trace(history)} | lambdas
 
     print(f"machine: {machine()}")
