@@ -189,3 +189,21 @@ def test_enhance_summary_table_shows_time_to_first_output(monkeypatch):
         cli._print_enhance_summary(summary | {"first_output_s": first}, as_json=False)
         text = recorder.export_text()
         assert "first output" in text and shown in text and "None" not in text
+
+
+def test_the_shipped_style_recipe_builds_the_bundled_looks_training_config():
+    from dpe_core.training import TrainConfig
+    from flows.cli import params_from_config_file
+    from flows.train import train_config
+
+    recipe = Path(__file__).resolve().parents[2] / "deploy" / "recipes" / "style-look-v3.json"
+    params = TrainParams(name="my-look", source_url="photos", reference_url="refs", **params_from_config_file(
+        str(recipe)))
+    built = TrainConfig(**train_config(params, {"source": "s", "reference": "r"}, "ckpt", threads=1))
+    bundled = json.loads((Path(__file__).resolve().parents[2] / "dpe_core" / "models" / "look-warm-contrast" /
+                          "model.json").read_text())["training"]["config"]
+    for key in ("mode", "image_size", "batch_size", "steps", "critic_steps_per_generator_step", "lr",
+                "critic_lr_scale", "identity_weight", "cycle_weight", "transport_weight", "seed"):
+        assert getattr(built, key) == bundled[key], key
+    assert built.critic.global_stats == bundled["critic"]["global_stats"] == "only"
+    assert (built.data.source_url, built.data.reference_url) == ("s", "r")
