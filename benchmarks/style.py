@@ -56,6 +56,7 @@ from dpe_core.training.checkpoint import checkpoint_urls, list_checkpoints  # no
 from dpe_core.training.loop import export_model, train  # noqa: E402
 from dpe_core.training.progress import read_history  # noqa: E402
 from dpe_core.training.select import average_checkpoints, export_checkpoint, load_step  # noqa: E402
+from dpe_core.training.transport import AffineColourTransport  # noqa: E402
 
 TESTDATA = Path(os.environ.get("DPE_TESTDATA", Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"))
 
@@ -85,7 +86,7 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
            "critic_steps_per_generator_step": args.ratio, "precision": args.precision,
            "critic_lr_scale": args.critic_lr_scale,
            "identity_weight": args.identity_weight, "cycle_weight": args.cycle_weight,
-           "transport_weight": args.transport_weight,
+           "transport_weight": args.transport_weight, "transport_kind": args.transport_kind,
            "data": {"source_url": str(folders["source"]), "reference_url": str(folders["reference"])}}
     if args.critic_stats != "off":  # the ablations on top of the critic that learns the look
         gan["critic"] = {"global_stats": args.critic_stats}
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--transport-weight", type=float, default=0.0,
                         help="two-way: weight of the colour-transport target (TrainConfig.transport_weight; 0: the "
                              "release's losses only); name runs with --tag")
+    parser.add_argument("--transport-kind", choices=["quantile", "affine"], default="quantile",
+                        help="the colour transport's kind (TrainConfig.transport_kind)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--long-side", type=int, default=256, help="long side of the prepared photos")
     parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",
@@ -207,6 +210,12 @@ def main() -> None:
     references = [pixels for _, pixels in load_photos(folders["reference"])]
     for name, refs in (("histogram transfer S -> L(R)", references), ("histogram transfer S -> L(S)", looked_sources)):
         rows[name] = scores_of(pooled_histogram_transfer(sources, refs)) | {"seconds": 0.0}
+    # The affine transport (a colour matrix: cross-channel changes such as saturation, no curves), no training.
+    affine = AffineColourTransport.fit(*([torch.from_numpy(im).permute(2, 0, 1) for im in group]
+                                         for group in (sources, references)))
+    rows["affine colour transfer S -> L(R)"] = scores_of(
+        lambda image: affine.forward(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    ) | {"seconds": 0.0}
     if "transport-supervised" in args.variants:  # T(s) for every source photo, T = the transfer S -> L(R)
         folders["transport_target"] = data_dir / "transport_target"
         folders["transport_target"].mkdir(exist_ok=True)

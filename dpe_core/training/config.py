@@ -77,6 +77,8 @@ class TrainConfig(BaseModel):
     transport_weight: float = Field(0.0, ge=0, description="two-way: weight of MSE(G_X(x), T(x)) + MSE(G_Y(y), "
                                     "T^-1(y)), T the pooled per-channel colour transport from the source photos to "
                                     "the references (0: off, the release).")
+    transport_kind: Literal["quantile", "affine"] = Field("quantile", description="two-way: per-channel quantile "
+                                                          "curves, or the affine (Monge-Kantorovich) colour map.")
     individual_bn: bool = Field(True, description="two-way: generated inputs of the cycle pass use their own BN "
                                 "set (the paper's iBN); False: one shared set (the ablation).")
     content_weight: float = Field(1e3, description="one-way: weight of MSE(G(x), paired target).")

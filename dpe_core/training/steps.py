@@ -28,7 +28,7 @@ from dpe_core.losses import (
 from dpe_core.nn import build_critic, build_generator
 from dpe_core.training.config import TrainConfig
 from dpe_core.training.data import Batch, UnpairedData
-from dpe_core.training.transport import ColourTransport
+from dpe_core.training.transport import AffineColourTransport, ColourTransport, fit_colour_transport
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -164,7 +164,7 @@ class TwoWayGANStep(GANStep):
 
     generator_names = ("g_x", "g_y")
     critic_names = ("d_x", "d_y")
-    transport: ColourTransport | None = None
+    transport: ColourTransport | AffineColourTransport | None = None
 
     def prepare(self, data: object) -> None:
         """With transport_weight > 0: the colour transport of the source photos to the references, from every
@@ -173,7 +173,8 @@ class TwoWayGANStep(GANStep):
             if not isinstance(data, UnpairedData):
                 raise TypeError(f"transport_weight needs unpaired data (source and reference photos), got "
                                 f"{type(data).__name__}")
-            self.transport = ColourTransport.fit(data.source.images, data.reference.images)
+            self.transport = fit_colour_transport(data.source.images, data.reference.images,
+                                                  self.config.transport_kind)
 
     def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
         fake_y = self._critic_fakes(self.g_x, batch.x)
