@@ -217,9 +217,11 @@ def main() -> None:
         lambda image: affine.forward(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
     ) | {"seconds": 0.0}
     if "transport-supervised" in args.variants:  # T(s) for every source photo, T = the transfer S -> L(R)
-        folders["transport_target"] = data_dir / "transport_target"
+        folders["transport_target"] = data_dir / f"transport_target-{args.transport_kind}"
         folders["transport_target"].mkdir(exist_ok=True)
-        transfer = pooled_histogram_transfer(sources, references)
+        transfer = (pooled_histogram_transfer(sources, references) if args.transport_kind == "quantile" else
+                    lambda image: affine.forward(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+                    .numpy())
         for name, source, _ in source_pairs:
             pixels = np.clip(transfer(source) * 255 + 0.5, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folders["transport_target"] / name)
