@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--cycle-weight", type=float, default=1e4)
     parser.add_argument("--transport-weight", type=float, default=0.0,
                         help="weight of the colour-transport target (TrainConfig.transport_weight; 0: off)")
+    parser.add_argument("--transport-kind", choices=["quantile", "affine"], default="quantile",
+                        help="the colour transport's kind (TrainConfig.transport_kind)")
     parser.add_argument("--fixed-lambda", type=float, default=None, help="WGAN-GP weight instead of A-WGAN")
     parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",
                         help="the critic's colour-statistics branch (off: the release's critic)")
@@ -118,7 +120,8 @@ def main() -> None:
     config = TrainConfig(
         mode="two-way", steps=args.iterations, lr=args.lr, critic_steps_per_generator_step=args.ratio,
         critic_lr_scale=args.critic_lr_scale, identity_weight=args.identity_weight,
-        cycle_weight=args.cycle_weight, transport_weight=args.transport_weight, image_size=args.size,
+        cycle_weight=args.cycle_weight, transport_weight=args.transport_weight,
+        transport_kind=args.transport_kind, image_size=args.size,
         batch_size=args.batch, seed=args.seed, threads=1, checkpoint_url=str(args.work / "checkpoints"),
         checkpoint_every=max(50, args.iterations // 10), keep_checkpoints=2, log_every=25, eval_every=10**9,
         data={"source_url": str(data / "source"), "reference_url": str(data / "reference")}, **extra)
@@ -146,7 +149,8 @@ def main() -> None:
     print(f"{len(roles['source'])} kphotoalbum sources, {len(roles['reference'])} lomiri references, "
           f"{len(held)} held-out; {args.size} px, batch {args.batch}, {result.iteration} two-way iterations at "
           f"{args.ratio} critic steps per generator step; identity / cycle weights {args.identity_weight:g} / "
-          f"{args.cycle_weight:g}; transport weight {args.transport_weight:g}; critic statistics {args.critic_stats}, "
+          f"{args.cycle_weight:g}; transport weight {args.transport_weight:g} ({args.transport_kind}); "
+          f"critic statistics {args.critic_stats}, "
           f"critic lr x{args.critic_lr_scale:g}")
     keys = list(next(iter(stats.values())))
     print("| set | " + " | ".join(keys) + " |")

@@ -191,19 +191,21 @@ def test_enhance_summary_table_shows_time_to_first_output(monkeypatch):
         assert "first output" in text and shown in text and "None" not in text
 
 
-def test_the_shipped_style_recipe_builds_the_bundled_looks_training_config():
+@pytest.mark.parametrize(("recipe_name", "look"), [("style-look-warm-v3.json", "warm-contrast"),
+                                                    ("style-look-cool-v4.json", "cool-faded")])
+def test_the_shipped_style_recipes_build_the_bundled_looks_training_configs(recipe_name, look):
     from dpe_core.training import TrainConfig
     from flows.cli import params_from_config_file
     from flows.train import train_config
 
-    recipe = Path(__file__).resolve().parents[2] / "deploy" / "recipes" / "style-look-v3.json"
+    recipe = Path(__file__).resolve().parents[2] / "deploy" / "recipes" / recipe_name
     params = TrainParams(name="my-look", source_url="photos", reference_url="refs", **params_from_config_file(
         str(recipe)))
     built = TrainConfig(**train_config(params, {"source": "s", "reference": "r"}, "ckpt", threads=1))
-    bundled = json.loads((Path(__file__).resolve().parents[2] / "dpe_core" / "models" / "look-warm-contrast" /
+    bundled = json.loads((Path(__file__).resolve().parents[2] / "dpe_core" / "models" / f"look-{look}" /
                           "model.json").read_text())["training"]["config"]
     for key in ("mode", "image_size", "batch_size", "steps", "critic_steps_per_generator_step", "lr",
-                "critic_lr_scale", "identity_weight", "cycle_weight", "transport_weight", "seed"):
+                "critic_lr_scale", "identity_weight", "cycle_weight", "transport_weight", "transport_kind", "seed"):
         assert getattr(built, key) == bundled[key], key
     assert built.critic.global_stats == bundled["critic"]["global_stats"] == "only"
     assert (built.data.source_url, built.data.reference_url) == ("s", "r")
