@@ -28,7 +28,7 @@ from dpe_core.losses import (
 from dpe_core.nn import build_critic, build_generator
 from dpe_core.training.config import TrainConfig
 from dpe_core.training.data import Batch, UnpairedData
-from dpe_core.training.transport import AffineColourTransport, ColourTransport, fit_colour_transport
+from dpe_core.training.transport import AffineColourTransport, QuantileColourTransport, fit_colour_transport
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -164,7 +164,7 @@ class TwoWayGANStep(GANStep):
 
     generator_names = ("g_x", "g_y")
     critic_names = ("d_x", "d_y")
-    transport: ColourTransport | AffineColourTransport | None = None
+    transport: QuantileColourTransport | AffineColourTransport | None = None
 
     def prepare(self, data: object) -> None:
         """With transport_weight > 0: the colour transport of the source photos to the references, from every

@@ -40,7 +40,7 @@ def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.T
     return y0 + t * (y1 - y0)
 
 
-class ColourTransport:
+class QuantileColourTransport:
     """Per-channel quantile map from a source photo set to a reference photo set, and back.
 
     ``source`` / ``reference``: [levels, 3] quantiles in [0,1] (non-decreasing per column).
@@ -56,7 +56,7 @@ class ColourTransport:
 
     @classmethod
     def fit(cls, sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor], levels: int = 257
-            ) -> ColourTransport:
+            ) -> QuantileColourTransport:
         """From two sets of [3,h,w] photos in [0,1] (any sizes; every pixel counts once)."""
         _require(sources, references)
         q = np.linspace(0.0, 1.0, levels)
@@ -139,10 +139,10 @@ def _require(sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor]
 
 
 def fit_colour_transport(sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
-                         kind: TransportKind = "quantile") -> ColourTransport | AffineColourTransport:
+                         kind: TransportKind = "quantile") -> QuantileColourTransport | AffineColourTransport:
     """The transport of ``kind`` from two sets of [3,h,w] photos in [0,1]."""
     if kind == "quantile":
-        return ColourTransport.fit(sources, references)
+        return QuantileColourTransport.fit(sources, references)
     if kind == "affine":
         return AffineColourTransport.fit(sources, references)
     raise ValueError(f"unknown colour transport {kind!r}; known: quantile, affine")

@@ -12,7 +12,7 @@ from dpe_core.quality.degradations import Degradation
 from dpe_core.quality.style import pooled_histogram_transfer
 from dpe_core.training import TrainConfig, build_step
 from dpe_core.training.data import PairedData, PhotoSet, UnpairedData
-from dpe_core.training.transport import AffineColourTransport, ColourTransport, fit_colour_transport
+from dpe_core.training.transport import AffineColourTransport, QuantileColourTransport, fit_colour_transport
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,7 +31,7 @@ def test_transport_learns_a_per_channel_look_from_two_unpaired_sets_of_real_phot
     sources = [p[:, :, : p.shape[2] // 2] for p in photos[0::2]]
     references = [LOOK.apply(p[:, :, p.shape[2] // 2 :]) for p in photos[0::2]]
     held_out = photos[1::2]
-    transport = ColourTransport.fit(sources, references)
+    transport = QuantileColourTransport.fit(sources, references)
     identity = np.mean([_psnr(t, LOOK.apply(t)) for t in held_out])
     mapped = np.mean([_psnr(transport.forward(t[None])[0], LOOK.apply(t)) for t in held_out])
     print(f"held-out photos against the look: identity {identity:.2f} dB, transport {mapped:.2f} dB")
@@ -85,7 +85,7 @@ def test_transport_is_the_style_benchmarks_no_training_yardstick():
     sources = [torch.rand(3, 20, 30, generator=g) ** 2 for _ in range(3)]
     references = [torch.rand(3, 25, 25, generator=g) ** 0.5 for _ in range(2)]
     image = torch.rand(3, 16, 24, generator=g)
-    ours = ColourTransport.fit(sources, references).forward(image[None])[0].permute(1, 2, 0).numpy()
+    ours = QuantileColourTransport.fit(sources, references).forward(image[None])[0].permute(1, 2, 0).numpy()
     yardstick = pooled_histogram_transfer([s.permute(1, 2, 0).numpy() for s in sources],
                                           [r.permute(1, 2, 0).numpy() for r in references])
     np.testing.assert_allclose(ours, yardstick(image.permute(1, 2, 0).numpy()), atol=1e-5)
@@ -133,4 +133,4 @@ def test_transport_weight_needs_unpaired_photos_and_a_prepared_step():
     with pytest.raises(TypeError, match="unpaired"):
         step.prepare(PairedData(data.source, data.reference))
     with pytest.raises(ValueError, match="at least one"):
-        ColourTransport.fit([], data.reference.images)
+        QuantileColourTransport.fit([], data.reference.images)
