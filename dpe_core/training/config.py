@@ -75,8 +75,8 @@ class TrainConfig(BaseModel):
     # Deviation (opt-in): the release has no such term. A target from the pooled colours of both photo sets
     # (dpe_core.training.transport), unpaired like the rest of the two-way losses; see that module for why.
     transport_weight: float = Field(0.0, ge=0, description="two-way: weight of MSE(G_X(x), T(x)) + MSE(G_Y(y), "
-                                    "T^-1(y)), T the pooled per-channel colour transport from the source photos to "
-                                    "the references (0: off, the release).")
+                                    "T^-1(y)), T the colour transport (transport_kind) from the source photos to the "
+                                    "references, estimated from every pixel of both sets (0: off, the release).")
     transport_kind: Literal["quantile", "affine"] = Field("quantile", description="two-way: per-channel quantile "
                                                           "curves, or the affine (Monge-Kantorovich) colour map.")
     individual_bn: bool = Field(True, description="two-way: generated inputs of the cycle pass use their own BN "
