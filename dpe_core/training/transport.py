@@ -1,6 +1,7 @@
 """Colour transport between two photo sets: a no-training, unpaired prior for the two-way GAN.
 
-Two kinds, both estimated from every pixel of both sets pooled, both invertible:
+Two kinds, both estimated from the pixels of both sets pooled (all of them at training sizes up to 128 px; an
+evenly strided 16 k a photo above that), both invertible:
 - ``quantile``: per channel, the monotone map that sends the quantiles of the source pixels to those of the
   reference pixels (piecewise linear between quantiles): the pooled histogram transfer of
   ``dpe_core.quality.style.pooled_histogram_transfer``. Expresses per-channel curves (tone, white balance).
@@ -27,9 +28,20 @@ import torch
 TransportKind = Literal["quantile", "affine"]
 
 
-def _pooled_pixels(images: Sequence[torch.Tensor]) -> np.ndarray:
-    """[N, 3] float64: every pixel of [3,h,w] images, pooled."""
-    return np.concatenate([img.detach().double().reshape(3, -1).T.cpu().numpy() for img in images])
+# A photo gives at most this many pixels (evenly strided) to the pooled estimate: thousands of 512-px photos would
+# otherwise be copied whole in float64 (gigabytes) for quantiles and a covariance that 16 k samples a photo pin down.
+MAX_PIXELS_PER_PHOTO = 16384
+
+
+def _pooled_pixels(images: Sequence[torch.Tensor], per_photo: int = MAX_PIXELS_PER_PHOTO) -> np.ndarray:
+    """[N, 3] float64: the pixels of [3,h,w] images pooled; a photo with more than ``per_photo`` pixels gives an
+    evenly strided subset of about that many."""
+    rows = []
+    for img in images:
+        flat = img.detach().reshape(3, -1)
+        stride = max(1, -(-flat.shape[1] // per_photo))
+        rows.append(flat[:, ::stride].T.double().cpu().numpy())
+    return np.concatenate(rows)
 
 
 def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -55,14 +67,14 @@ class QuantileColourTransport:
         self.source, self.reference = source.float(), reference.float()
 
     @classmethod
-    def fit(cls, sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor], levels: int = 257
-            ) -> QuantileColourTransport:
-        """From two sets of [3,h,w] photos in [0,1] (any sizes; every pixel counts once)."""
+    def fit(cls, sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor], levels: int = 257,
+            per_photo: int = MAX_PIXELS_PER_PHOTO) -> QuantileColourTransport:
+        """From two sets of [3,h,w] photos in [0,1] (any sizes; up to ``per_photo`` pixels of each)."""
         _require(sources, references)
         q = np.linspace(0.0, 1.0, levels)
 
         def table(images: Sequence[torch.Tensor]) -> torch.Tensor:
-            return torch.from_numpy(np.quantile(_pooled_pixels(images), q, axis=0).astype(np.float32))
+            return torch.from_numpy(np.quantile(_pooled_pixels(images, per_photo), q, axis=0).astype(np.float32))
 
         return cls(table(sources), table(references))
 
@@ -104,11 +116,12 @@ class AffineColourTransport:
         self.inverse_matrix = torch.linalg.inv(matrix.double()).float()
 
     @classmethod
-    def fit(cls, sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor], ridge: float = 1e-6
-            ) -> AffineColourTransport:
-        """From two sets of [3,h,w] photos in [0,1]; ``ridge`` keeps a grey set's covariance invertible."""
+    def fit(cls, sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor], ridge: float = 1e-6,
+            per_photo: int = MAX_PIXELS_PER_PHOTO) -> AffineColourTransport:
+        """From two sets of [3,h,w] photos in [0,1] (up to ``per_photo`` pixels of each); ``ridge`` keeps a grey
+        set's covariance invertible."""
         _require(sources, references)
-        a, b = _pooled_pixels(sources), _pooled_pixels(references)
+        a, b = _pooled_pixels(sources, per_photo), _pooled_pixels(references, per_photo)
         cov_s, cov_r = np.cov(a.T) + ridge * np.eye(3), np.cov(b.T) + ridge * np.eye(3)
         root = _symmetric_sqrt(cov_s)
         root_inv = np.linalg.inv(root)
@@ -139,10 +152,11 @@ def _require(sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor]
 
 
 def fit_colour_transport(sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
-                         kind: TransportKind = "quantile") -> QuantileColourTransport | AffineColourTransport:
-    """The transport of ``kind`` from two sets of [3,h,w] photos in [0,1]."""
+                         kind: TransportKind = "quantile", per_photo: int = MAX_PIXELS_PER_PHOTO
+                         ) -> QuantileColourTransport | AffineColourTransport:
+    """The transport of ``kind`` from two sets of [3,h,w] photos in [0,1] (up to ``per_photo`` pixels of each)."""
     if kind == "quantile":
-        return QuantileColourTransport.fit(sources, references)
+        return QuantileColourTransport.fit(sources, references, per_photo=per_photo)
     if kind == "affine":
-        return AffineColourTransport.fit(sources, references)
+        return AffineColourTransport.fit(sources, references, per_photo=per_photo)
     raise ValueError(f"unknown colour transport {kind!r}; known: quantile, affine")

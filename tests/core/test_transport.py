@@ -12,7 +12,13 @@ from dpe_core.quality.degradations import Degradation
 from dpe_core.quality.style import pooled_histogram_transfer
 from dpe_core.training import TrainConfig, build_step
 from dpe_core.training.data import PairedData, PhotoSet, UnpairedData
-from dpe_core.training.transport import AffineColourTransport, QuantileColourTransport, fit_colour_transport
+from dpe_core.training.transport import (
+    MAX_PIXELS_PER_PHOTO,
+    AffineColourTransport,
+    QuantileColourTransport,
+    _pooled_pixels,
+    fit_colour_transport,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -134,3 +140,17 @@ def test_transport_weight_needs_unpaired_photos_and_a_prepared_step():
         step.prepare(PairedData(data.source, data.reference))
     with pytest.raises(ValueError, match="at least one"):
         QuantileColourTransport.fit([], data.reference.images)
+
+
+def test_large_photos_give_a_bounded_sample_and_the_same_transport():
+    g = torch.Generator().manual_seed(8)
+    large = [torch.rand(3, 512, 384, generator=g) ** 1.5 for _ in range(2)]
+    assert len(_pooled_pixels(large)) <= 2 * MAX_PIXELS_PER_PHOTO
+    small = [torch.rand(3, 64, 48, generator=g) for _ in range(2)]
+    assert len(_pooled_pixels(small)) == 2 * 64 * 48  # training-size photos: every pixel
+    references = [torch.rand(3, 256, 256, generator=g) ** 0.7 for _ in range(2)]
+    x = torch.stack(small)
+    for kind in ("quantile", "affine"):
+        sampled = fit_colour_transport(large, references, kind)
+        every_pixel = fit_colour_transport(large, references, kind, per_photo=10**9)
+        torch.testing.assert_close(sampled.forward(x), every_pixel.forward(x), atol=5e-3, rtol=0)
