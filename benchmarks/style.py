@@ -208,20 +208,23 @@ def main() -> None:
     # and the same with L(S) as the references: the colours of the very photos, still never a pixel pair.
     sources, looked_sources = [s for _, s, _ in source_pairs], [ls for _, _, ls in source_pairs]
     references = [pixels for _, pixels in load_photos(folders["reference"])]
-    for name, refs in (("histogram transfer S -> L(R)", references), ("histogram transfer S -> L(S)", looked_sources)):
-        rows[name] = scores_of(pooled_histogram_transfer(sources, refs)) | {"seconds": 0.0}
-    # The affine transport (a colour matrix: cross-channel changes such as saturation, no curves), no training.
+    # The no-training transports S -> L(R) of both kinds: yardsticks, and the transport-supervised variant's targets.
     affine = AffineColourTransport.fit(*([torch.from_numpy(im).permute(2, 0, 1) for im in group]
                                          for group in (sources, references)))
-    rows["affine colour transfer S -> L(R)"] = scores_of(
-        lambda image: affine.forward(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
-    ) | {"seconds": 0.0}
+    transfers = {
+        "quantile": pooled_histogram_transfer(sources, references),
+        # A colour matrix: cross-channel changes such as saturation, no curves.
+        "affine": lambda image: affine.forward(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0)
+        .numpy(),
+    }
+    rows["histogram transfer S -> L(R)"] = scores_of(transfers["quantile"]) | {"seconds": 0.0}
+    rows["histogram transfer S -> L(S)"] = scores_of(pooled_histogram_transfer(sources, looked_sources)) | {
+        "seconds": 0.0}
+    rows["affine colour transfer S -> L(R)"] = scores_of(transfers["affine"]) | {"seconds": 0.0}
     if "transport-supervised" in args.variants:  # T(s) for every source photo, T = the transfer S -> L(R)
         folders["transport_target"] = data_dir / f"transport_target-{args.transport_kind}"
         folders["transport_target"].mkdir(exist_ok=True)
-        transfer = (pooled_histogram_transfer(sources, references) if args.transport_kind == "quantile" else
-                    lambda image: affine.forward(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0)
-                    .numpy())
+        transfer = transfers[args.transport_kind]
         for name, source, _ in source_pairs:
             pixels = np.clip(transfer(source) * 255 + 0.5, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folders["transport_target"] / name)
