@@ -13,7 +13,7 @@ from dpe_core.quality.style import pooled_histogram_transfer
 from dpe_core.training import TrainConfig, build_step
 from dpe_core.training.data import PairedData, PhotoSet, UnpairedData
 from dpe_core.training.transport import (
-    MAX_PIXELS_PER_PHOTO,
+    MAX_POOLED_PIXELS,
     AffineColourTransport,
     QuantileColourTransport,
     _pooled_pixels,
@@ -97,7 +97,7 @@ def test_transport_is_the_style_benchmarks_no_training_yardstick():
     np.testing.assert_allclose(ours, yardstick(image.permute(1, 2, 0).numpy()), atol=1e-5)
 
 
-def _unpaired(dark: bool = True, n: int = 4, size: int = 64) -> UnpairedData:
+def _unpaired(n: int = 4, size: int = 64) -> UnpairedData:
     g = torch.Generator().manual_seed(11)
 
     def photo_set(scale: float, offset: float) -> PhotoSet:
@@ -142,15 +142,17 @@ def test_transport_weight_needs_unpaired_photos_and_a_prepared_step():
         QuantileColourTransport.fit([], data.reference.images)
 
 
-def test_large_photos_give_a_bounded_sample_and_the_same_transport():
+def test_large_sets_give_a_bounded_sample_and_the_same_transport():
     g = torch.Generator().manual_seed(8)
     large = [torch.rand(3, 512, 384, generator=g) ** 1.5 for _ in range(2)]
-    assert len(_pooled_pixels(large)) <= 2 * MAX_PIXELS_PER_PHOTO
+    bound = 100_000  # the default (4 M a set) scaled down to these two photos
+    assert len(_pooled_pixels(large, bound)) <= bound + len(large)  # at most one extra pixel a photo
     small = [torch.rand(3, 64, 48, generator=g) for _ in range(2)]
-    assert len(_pooled_pixels(small)) == 2 * 64 * 48  # training-size photos: every pixel
+    assert len(_pooled_pixels(small, bound)) == 2 * 64 * 48  # under the bound: every pixel
+    assert MAX_POOLED_PIXELS >= 36 * 256 * 192  # the style benchmark's 256-px sets: every pixel
     references = [torch.rand(3, 256, 256, generator=g) ** 0.7 for _ in range(2)]
     x = torch.stack(small)
     for kind in ("quantile", "affine"):
-        sampled = fit_colour_transport(large, references, kind)
-        every_pixel = fit_colour_transport(large, references, kind, per_photo=10**9)
+        sampled = fit_colour_transport(large, references, kind, max_pixels=bound)
+        every_pixel = fit_colour_transport(large, references, kind, max_pixels=10**9)
         torch.testing.assert_close(sampled.forward(x), every_pixel.forward(x), atol=5e-3, rtol=0)
