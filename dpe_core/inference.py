@@ -98,7 +98,7 @@ from dpe_core.inference_options import (
     pick_device,
     pixel_dtype,
 )
-from dpe_core.nn.generator import GlobalUNetGenerator, statistics_if_needed
+from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics, statistics_if_needed
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
 from dpe_core.threads import StripPool, available_cpus, strip_pool
@@ -240,10 +240,17 @@ class Enhancer:
                     raise ValueError("mode='tiled' needs a GlobalUNetGenerator (the global/local split)")
                 with self._autocast():
                     g = self.net.global_feature(batch).float()
-                # The global colour affine's input, from the whole photo (tiles would each see their own).
-                stats = statistics_if_needed(batch, None, self.net.affine_mlp)
+                # The global colour affine's and tone curve's inputs, from the whole photo (tiles would each see
+                # their own).
+                stats = statistics_if_needed(batch, None, self.net.affine_mlp, self.net.post_curve)
+                post = None
+                if self.net.post_curve is not None:
+                    with self._autocast():
+                        pre_curve = self.net(batch, stats=stats, post_curve=False).float()
+                    post = input_statistics(pre_curve.clamp(0, 1))  # padded, as the untiled forward sees it
                 for i, (j, gv) in enumerate(zip(chunk, g, strict=True)):
                     j.global_vector, j.global_stats = gv, (stats[i] if stats is not None else None)
+                    j.post_stats = post[i] if post is not None else None
                 continue
             out = self._on_pool(partial(self._net_forward, batch)).float()
             for j, o in zip(chunk, out, strict=True):
@@ -304,12 +311,13 @@ class Enhancer:
         out = torch.empty_like(x)
         g = job.global_vector[None]
         stats = job.global_stats[None] if job.global_stats is not None else None
+        post_stats = job.post_stats[None] if job.post_stats is not None else None
         for y0, y1 in ys:
             for x0, x1 in xs:
                 ey0, ey1 = max(0, y0 - margin), min(ht, y1 + margin)
                 ex0, ex1 = max(0, x0 - margin), min(wt, x1 + margin)
                 with self._autocast():
-                    res = net(x[None, :, ey0:ey1, ex0:ex1], global_vector=g, stats=stats)
+                    res = net(x[None, :, ey0:ey1, ex0:ex1], global_vector=g, stats=stats, post_stats=post_stats)
                 out[:, y0:y1, x0:x1] = res[0, :, y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0].float()
         clock.lap("tiles")
         if strength != 1.0:

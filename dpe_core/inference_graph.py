@@ -40,6 +40,7 @@ from dpe_core.guided import _area_matrix
 from dpe_core.nn.generator import (
     GlobalUNetGenerator,
     apply_head,
+    apply_post_curve,
     global_colour_affine,
     statistics_if_needed,
     stats_vector,
@@ -194,6 +195,7 @@ class FoldedGenerator(nn.Module):
         self.global_pool = copy.deepcopy(g.global_pool)
         self.stats = copy.deepcopy(g.stats) if g.stats is not None else None
         self.affine_mlp = copy.deepcopy(g.affine_mlp) if g.affine_mlp is not None else None
+        self.post_curve = copy.deepcopy(g.post_curve) if g.post_curve is not None else None
 
         def conv(name: str) -> SymmetricConv2d:
             module = getattr(g, name)
@@ -321,10 +323,13 @@ class FoldedGenerator(nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: torch.Tensor, global_vector: torch.Tensor | None = None,
-                stats: torch.Tensor | None = None) -> torch.Tensor:
+                stats: torch.Tensor | None = None, post_stats: torch.Tensor | None = None,
+                post_curve: bool = True) -> torch.Tensor:
+        """As GlobalUNetGenerator.forward (same arguments but ``domain``, fixed at construction)."""
         x = self._prepare(x)
         e5, skips = self._encode(x)
-        stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp)
+        stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp,
+                                     self.post_curve)
         g = self._global(e5, stats) if global_vector is None else global_vector.to(e5.dtype)
         local = self._conv("local5", e5)
         gbias = torch.einsum("oc,bc->bo", self.fuse_global_w, g.flatten(1)) + self.fuse_b
@@ -337,6 +342,8 @@ class FoldedGenerator(nn.Module):
         y = apply_head(x, self._conv("out2", d))
         if self.affine_mlp is not None:
             y = y + global_colour_affine(self.affine_mlp, x, stats).to(y.dtype)
+        if self.post_curve is not None and post_curve:
+            y = apply_post_curve(self.post_curve, y, stats, post_stats).to(y.dtype)
         return y
 
 

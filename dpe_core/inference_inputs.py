@@ -27,6 +27,7 @@ class Job:
     net_out: torch.Tensor | None = None  # [3,h,w] net output (unclipped)
     global_vector: torch.Tensor | None = None  # [128,1,1] (tiled)
     global_stats: torch.Tensor | None = None  # [STAT_FEATURES] input statistics of the working copy (tiled)
+    post_stats: torch.Tensor | None = None  # [STAT_FEATURES] pre-curve output statistics of the working copy (tiled)
 
 
 def to_storage(values: torch.Tensor, like: PixelSource) -> Any:

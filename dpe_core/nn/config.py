@@ -39,6 +39,13 @@ class GeneratorConfig(BaseModel):
     # vector the U-Net must rebuild a per-image gain from SELU features. Zero-initialised: a widened model
     # computes the same function; the U-Net keeps everything local.
     global_affine: bool = Field(False, description="Add a colour affine predicted from the input statistics.")
+    # Deviation (opt-in): a per-channel tone curve, its knots predicted from the statistics of the input and of the
+    # network's own output, added after everything else. The U-Net and the 3x3 affine cannot express a per-channel
+    # curve (gamma, a highlight roll-off, an S-curve) as one global function: the U-Net rebuilds it from SELU
+    # features pixel by pixel. Zero-initialised (the identity): a widened model computes the same function, and
+    # `python -m dpe_core.training.refit --head post_curve` trains it alone on a frozen model.
+    post_curve_knots: int = Field(0, ge=0, description="Knots of the output tone curve per channel (0: none; "
+                                  "else at least 2, evenly spaced over [0, 1]).")
     global_pool: int = Field(
         8,
         description="Adaptive average pool before the VALID global conv; exact at 512 px (8x8 after 6 halvings).",

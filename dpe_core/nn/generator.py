@@ -58,6 +58,7 @@ class GlobalUNetGenerator(nn.Module):
         self.out2 = SymmetricConv2d(c, head_channels(config), 3)
         self.stats = stats_mlp(8 * c) if config.global_stats else None
         self.affine_mlp = affine_mlp() if config.global_affine else None
+        self.post_curve = post_curve_mlp(config.post_curve_knots) if config.post_curve_knots else None
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 variance_scaling_(module, config.init_scale)
@@ -65,17 +66,20 @@ class GlobalUNetGenerator(nn.Module):
             variance_scaling_(self.out2, config.output_init_scale)
 
     def forward(self, x: torch.Tensor, domain: int = 0, global_vector: torch.Tensor | None = None,
-                stats: torch.Tensor | None = None) -> torch.Tensor:
+                stats: torch.Tensor | None = None, post_stats: torch.Tensor | None = None,
+                post_curve: bool = True) -> torch.Tensor:
         """x [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] (unclipped).
 
-        ``global_vector`` [B,128,1,1] and ``stats`` [B,STAT_FEATURES], when given, replace the global feature
-        and the input statistics computed from x (tiled full-resolution inference computes them once on a
-        512-px copy).
+        ``global_vector`` [B,128,1,1], ``stats`` [B,STAT_FEATURES] and ``post_stats`` [B,STAT_FEATURES], when
+        given, replace the global feature, the input statistics and the pre-curve output statistics computed
+        here (tiled full-resolution inference computes them once on the working-size copy). post_curve=False
+        leaves the output tone curve out (to compute post_stats).
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
         a5, skips = self._encode(x, domain)
-        stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp)
+        stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp,
+                                     self.post_curve)
         g = self._global(a5, stats, domain) if global_vector is None else global_vector
         local = self.local5(a5)
         fused = torch.cat([local, g.expand(-1, -1, local.shape[-2], local.shape[-1])], dim=1)
@@ -91,6 +95,8 @@ class GlobalUNetGenerator(nn.Module):
         y = apply_head(x, self.out2(d))
         if self.affine_mlp is not None:
             y = y + global_colour_affine(self.affine_mlp, x, stats)
+        if self.post_curve is not None and post_curve:
+            y = apply_post_curve(self.post_curve, y, stats, post_stats)
         return y
 
     def global_feature(self, x: torch.Tensor, domain: int = 0) -> torch.Tensor:
@@ -163,6 +169,38 @@ def global_colour_affine(mlp: nn.Module, x: torch.Tensor, stats: torch.Tensor) -
         return torch.einsum("bij,bjhw->bihw", matrix, x.float()) + p[:, 9:, None, None]
 
 
+def post_curve_mlp(knots: int, hidden: int = 128) -> nn.Sequential:
+    """Statistics of the input and of the output [B, 2*STAT_FEATURES] -> per-channel curve offsets [B, 3*knots];
+    last layer zero (the identity curve)."""
+    if knots < 2:
+        raise ValueError(f"post_curve_knots must be 0 (off) or at least 2, got {knots}")
+    mlp = nn.Sequential(nn.Linear(2 * STAT_FEATURES, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
+                        nn.Linear(hidden, 3 * knots))
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
+def apply_post_curve(mlp: nn.Sequential, y: torch.Tensor, stats: torch.Tensor,
+                     post_stats: torch.Tensor | None = None) -> torch.Tensor:
+    """y [B,3,H,W] (unclipped) + a per-channel piecewise-linear offset curve of clip(y, 0, 1), float32.
+
+    The knots (evenly spaced over [0, 1]) come from mlp([stats, post_stats]): ``stats`` [B, STAT_FEATURES] of
+    the input, ``post_stats`` of clip(y) (computed here when None; tiles pass the whole photo's)."""
+    knots = mlp[-1].out_features // 3
+    with torch.autocast(y.device.type, enabled=False):
+        v = y.float().clamp(0, 1)
+        if post_stats is None:
+            post_stats = input_statistics(v)
+        offsets = mlp(torch.cat([stats.float(), post_stats.float()], dim=1)).reshape(-1, 3, knots)
+        b, c, h, w = v.shape
+        t = v.reshape(b, c, h * w) * (knots - 1)
+        left = t.floor().clamp(max=knots - 2).long()
+        frac = t - left
+        curve = offsets.gather(2, left) * (1 - frac) + offsets.gather(2, left + 1) * frac
+        return y.float() + curve.reshape(b, c, h, w)
+
+
 def stats_vector(mlp: nn.Module, stats: torch.Tensor) -> torch.Tensor:
     """The statistics branch's global-vector offset [B,C,1,1] for input statistics [B, STAT_FEATURES]."""
     with torch.autocast(stats.device.type, enabled=False):
@@ -202,7 +240,7 @@ def load_widened(generator: GlobalUNetGenerator, state: dict[str, torch.Tensor])
     if generator.config.output == "affine" and state["out2.weight"].shape[0] == 3:
         state = widen_residual_head(state)
     missing, unexpected = generator.load_state_dict(state, strict=False)
-    stray = [k for k in missing if not k.startswith(("stats.", "affine_mlp."))] + list(unexpected)
+    stray = [k for k in missing if not k.startswith(("stats.", "affine_mlp.", "post_curve."))] + list(unexpected)
     if stray:
         raise ValueError(f"state dict does not fit this generator: {sorted(stray)[:8]}")
 

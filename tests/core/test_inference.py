@@ -220,13 +220,15 @@ def test_tiled_equals_a_whole_image_forward(generator):
 
 
 def _with_statistics_heads(generator):
-    """generator widened with both statistics branches, their MLPs randomised (a trained model's stand-in)."""
+    """generator widened with both statistics branches and the output tone curve, their MLPs randomised (a
+    trained model's stand-in)."""
     from dpe_core.nn.generator import load_widened
 
-    wide = build_generator(generator.config.model_copy(update={"global_stats": True, "global_affine": True}))
+    wide = build_generator(generator.config.model_copy(update={"global_stats": True, "global_affine": True,
+                                                                "post_curve_knots": 5}))
     load_widened(wide, generator.state_dict())
     torch.manual_seed(9)
-    for p in list(wide.stats.parameters()) + list(wide.affine_mlp.parameters()):
+    for p in [*wide.stats.parameters(), *wide.affine_mlp.parameters(), *wide.post_curve.parameters()]:
         p.data.normal_(0, 0.2)
     return wide.eval()
 
