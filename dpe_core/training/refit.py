@@ -18,7 +18,7 @@ zero curve when it has none, so step 0 is the saved model). It can finish what t
 
 Writes DIR/history.jsonl (validation metrics every eval_every steps), DIR/mlp-NNNNNN.safetensors (the head at
 each), and DIR/model (the chosen one: the best validation eval_psnr among the candidates whose eval_noharm_psnr is
-at least min_noharm; candidates are every saved step and, with average_from, the mean of the affines saved from
+at least min_noharm; candidates are every saved step and, with average_from, the mean of the heads saved from
 that step on). Only the validation split is read for the choice.
 """
 
@@ -52,7 +52,7 @@ def scale_residual(generator: GlobalUNetGenerator, scale: float) -> None:
         generator.out2.bias.mul_(scale)
 
 
-def refit_affine(config: TrainConfig, model_uri: str, steps: int, out: str | Path, residual_scale: float = 1.0,
+def refit_head(config: TrainConfig, model_uri: str, steps: int, out: str | Path, residual_scale: float = 1.0,
                  lr: float = 1e-3, eval_every: int = 1000, average_from: int | None = None,
                  min_noharm: float = 30.0, name: str = "default", version: str = "0",
                  head: Literal["affine", "post_curve"] = "affine", knots: int = 17) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.residual_scale <= 1.0:
         parser.error(f"--residual-scale {args.residual_scale}: must be in [0, 1]")
     config = TrainConfig.model_validate(json.loads(Path(args.config).read_text()))
-    chosen = refit_affine(config, args.model, args.steps, args.out, args.residual_scale, args.lr, args.eval_every,
+    chosen = refit_head(config, args.model, args.steps, args.out, args.residual_scale, args.lr, args.eval_every,
                           args.average_from, args.min_noharm, args.name, args.version, args.head, args.knots)
     print(json.dumps(chosen))
     return 0

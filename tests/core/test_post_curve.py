@@ -9,7 +9,7 @@ from dpe_core.nn import GeneratorConfig, GlobalUNetGenerator, build_generator, l
 from dpe_core.nn.generator import apply_post_curve, input_statistics, load_widened
 from dpe_core.nn.modelfile import ModelInfo, save_model
 from dpe_core.training.loop import build_data, evaluate
-from dpe_core.training.refit import refit_affine
+from dpe_core.training.refit import refit_head
 from tests.core.test_refit import _config
 from tests.core.test_training_data import _photo_folder
 
@@ -51,7 +51,7 @@ def test_refit_of_a_post_curve_leaves_the_model_frozen_and_improves_validation(t
     data = build_data(config)
     before = evaluate(start, data.eval_pairs)
 
-    chosen = refit_affine(config, str(tmp_path / "start"), steps=60, out=tmp_path / "refit", lr=3e-3,
+    chosen = refit_head(config, str(tmp_path / "start"), steps=60, out=tmp_path / "refit", lr=3e-3,
                           eval_every=20, min_noharm=0.0, head="post_curve", knots=9)
     refit, info = load_model(str(tmp_path / "refit" / "model"))
     assert refit.config.post_curve_knots == 9 and info.training["refit"]["head"] == "post_curve"

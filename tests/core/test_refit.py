@@ -11,7 +11,7 @@ from dpe_core.nn import GeneratorConfig, GlobalUNetGenerator, load_model
 from dpe_core.nn.modelfile import ModelInfo, save_model
 from dpe_core.training import DataConfig, TrainConfig
 from dpe_core.training.loop import build_data, evaluate
-from dpe_core.training.refit import choose, refit_affine
+from dpe_core.training.refit import choose, refit_head
 from tests.core.test_training_data import _photo_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -35,7 +35,7 @@ def test_refit_keeps_the_unet_scales_its_residual_and_improves_validation(tmp_pa
     data = build_data(config)
     before = evaluate(start, data.eval_pairs)
 
-    chosen = refit_affine(config, str(tmp_path / "start"), steps=60, out=tmp_path / "refit", residual_scale=0.5,
+    chosen = refit_head(config, str(tmp_path / "start"), steps=60, out=tmp_path / "refit", residual_scale=0.5,
                           lr=3e-3, eval_every=20, average_from=40, min_noharm=0.0, name="default", version="9")
     rows = [json.loads(line) for line in (tmp_path / "refit" / "history.jsonl").read_text().splitlines()]
     assert [r.get("step") for r in rows] == [20, 40, 60, None] and rows[-1]["averaged"] == 2
@@ -65,4 +65,4 @@ def test_choice_prefers_gentle_candidates_and_a_model_without_an_affine_is_refus
     assert choose(rows, min_noharm=40.0)["step"] == 1  # none gentle enough: the best of all
     save_model(GlobalUNetGenerator(GeneratorConfig(train_size=32)).eval(), str(tmp_path / "plain"))
     with pytest.raises(ValueError, match="no global colour affine"):
-        refit_affine(_config(tmp_path, tmp_path), str(tmp_path / "plain"), steps=1, out=tmp_path / "out")
+        refit_head(_config(tmp_path, tmp_path), str(tmp_path / "plain"), steps=1, out=tmp_path / "out")
