@@ -76,7 +76,8 @@ class TrainConfig(BaseModel):
     # (dpe_core.training.transport), unpaired like the rest of the two-way losses; see that module for why.
     transport_weight: float = Field(0.0, ge=0, description="two-way: weight of MSE(G_X(x), T(x)) + MSE(G_Y(y), "
                                     "T^-1(y)), T the colour transport (transport_kind) from the source photos to the "
-                                    "references, estimated from every pixel of both sets (0: off, the release).")
+                                    "references, estimated from the pixels of both sets pooled (up to 4 M a set; "
+                                    "0: off, the release).")
     transport_kind: Literal["quantile", "affine"] = Field("quantile", description="two-way: per-channel quantile "
                                                           "curves, or the affine (Monge-Kantorovich) colour map.")
     individual_bn: bool = Field(True, description="two-way: generated inputs of the cycle pass use their own BN "
