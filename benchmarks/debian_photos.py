@@ -1,4 +1,4 @@
-"""Make more real photos from Debian packages: 28 wallpaper photographs, or 16 jigsaw-puzzle photographs.
+"""Make more real photos from Debian packages: 28 wallpapers, 16 jigsaw-puzzle photos, or 31 photos of two games.
 
 Why: the 46 natural photos of the shared test data were all there was for training, validation and test, and a
 validation split of 6 photos could not tell two candidate models apart (a 1.5 dB gain on it vanished on the test
@@ -10,6 +10,7 @@ package, version, path and the sha256 of every source file.
 
     python benchmarks/debian_photos.py OUT_DIR                  # the 28 wallpapers
     python benchmarks/debian_photos.py OUT_DIR --set puzzles    # the 16 puzzle photos
+    python benchmarks/debian_photos.py OUT_DIR --set games      # the 31 photos of Tux Paint and Tux Typing
     # needs apt-get (Debian/Ubuntu) and dpkg-deb
 
 The puzzle set: the photos of two jigsaw games, ``palapeli-data`` (5 Wikimedia Commons photos, licence and
@@ -17,8 +18,16 @@ author in each puzzle's ``.desktop`` file: GFDL / CC-BY-SA) and ``jigzo-data`` (
 package's copyright file; its 12th, the penguin, is CC-BY-NC-SA and left out). A jigzo ``.pzl`` file holds a
 texture atlas JPEG; the photo is the atlas rectangle its ``image X Y W H`` line names (about 480x640 px).
 
+The games set: the 19 photographs that ``tuxpaint-data`` ships as drawing templates (bark, cliff, corn maze,
+jellyfish, waves, trees, sheep, a mill machine; by Bill Kendrick, GPL-2+ by the package's copyright file and
+AUTHORS.txt), and the 12 landscape photographs of ``tuxtype-data`` (``images/kcas0-11.jpg``: glaciers, coasts, rice
+terraces, a volcano, a hot spring; "featured images from Wikimedia Commons" by the package's
+``usr/share/tuxtype/images/README_IMAGES.TXT``, shipped in Debian main). Tux Typing's five space backgrounds and Tux
+Math's backgrounds are left out: telescope images over a drawn lunar horizon, not photographs of the kind archives
+hold.
+
 Output: OUT_DIR/NAME.png (sRGB, 8 bit, long side 1024, Lanczos) and OUT_DIR/MANIFEST.tsv; each photo is written
-atomically, so a rerun replaces them whole.
+atomically, so a rerun replaces them whole. The manifest keeps the rows of other sets made into the same folder.
 """
 
 from __future__ import annotations
@@ -58,7 +67,17 @@ PUZZLES: list[tuple[str, str, str]] = [
         "bike-3x4", "bird-2x3", "blackberry-3x3", "castle-6x3", "clouds-4x4", "gorilla2-3x3", "heli-4x3",
         "horse-4x3", "tobogan-4x3", "train-2x2", "windmill-4x4")],
 ]
-SETS = {"wallpapers": PHOTOS, "puzzles": PUZZLES}
+GAMES: list[tuple[str, str, str]] = [
+    *[(f"tuxpaint_{n}", "tuxpaint-data", f"usr/share/tuxpaint/templates/{n}.jpg") for n in (
+        "burnt_bark", "cliff", "corn_maze", "jellyfish", "lighthouse", "mossy_bark", "mossy_log", "mudstone",
+        "ocean_splash", "ocean_waves", "redwoods_above", "rocks", "sheep", "spiders_web", "sun_behind_clouds",
+        "sun_behind_leaves", "trees_above", "trees_at_dusk", "wool_mill_machine")],
+    *[(f"tuxtype_kcas{n}", "tuxtype-data", f"usr/share/tuxtype/images/kcas{n}.jpg") for n in range(12)],
+]
+SETS = {"wallpapers": PHOTOS, "puzzles": PUZZLES, "games": GAMES}
+
+# Where a package states its photos' licence other than in its copyright file.
+LICENCE_FILES = {"tuxtype-data": "usr/share/tuxtype/images/README_IMAGES.TXT"}
 
 
 def crop_pzl(path: Path) -> Image.Image:
@@ -135,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     photos = SETS[args.photo_set]
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = ["name\tpackage\tversion\tsource\tsource_sha256\tlicence"]
+    header = "name\tpackage\tversion\tsource\tsource_sha256\tlicence"
+    manifest = args.out / "MANIFEST.tsv"
+    names = {f"{name}.png" for name, _, _ in photos}
+    kept = manifest.read_text().splitlines()[1:] if manifest.is_file() else []
+    rows = [header, *(row for row in kept if row.split("\t", 1)[0] not in names)]
     with tempfile.TemporaryDirectory() as tmp:
         roots = fetch_packages({p for _, p, _ in photos}, Path(tmp))
         for name, package, inner in photos:
@@ -143,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             src = source_file(root, inner)
             write_photo(src, args.out / f"{name}.png")
             rows.append(f"{name}.png\t{package}\t{version}\t{src.relative_to(root)}\t{sha256(src)}\t"
-                        f"usr/share/doc/{package}/copyright")
-    (args.out / "MANIFEST.tsv").write_text("\n".join(rows) + "\n")
+                        f"{LICENCE_FILES.get(package, f'usr/share/doc/{package}/copyright')}")
+    tmp_manifest = manifest.with_suffix(".tmp")
+    tmp_manifest.write_text("\n".join(rows) + "\n")
+    tmp_manifest.replace(manifest)
     print(f"{len(photos)} photos in {args.out}")
     return 0
 
