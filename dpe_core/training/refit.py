@@ -53,9 +53,9 @@ def scale_residual(generator: GlobalUNetGenerator, scale: float) -> None:
 
 
 def refit_head(config: TrainConfig, model_uri: str, steps: int, out: str | Path, residual_scale: float = 1.0,
-                 lr: float = 1e-3, eval_every: int = 1000, average_from: int | None = None,
-                 min_noharm: float = 30.0, name: str = "default", version: str = "0",
-                 head: Literal["affine", "post_curve"] = "affine", knots: int = 17) -> dict[str, Any]:
+               lr: float = 1e-3, eval_every: int = 1000, average_from: int | None = None,
+               min_noharm: float = 30.0, name: str = "default", version: str = "0",
+               head: Literal["affine", "post_curve"] = "affine", knots: int = 17) -> dict[str, Any]:
     """Train model_uri's `head` for `steps` steps (Adam at lr, constant for the first half, then linearly to
     0) with the rest frozen; write the files named in the module docstring; return the chosen candidate's row
     {"step" | "average_from", metrics...}. head "affine" needs a model with the colour affine (ValueError
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--residual-scale {args.residual_scale}: must be in [0, 1]")
     config = TrainConfig.model_validate(json.loads(Path(args.config).read_text()))
     chosen = refit_head(config, args.model, args.steps, args.out, args.residual_scale, args.lr, args.eval_every,
-                          args.average_from, args.min_noharm, args.name, args.version, args.head, args.knots)
+                        args.average_from, args.min_noharm, args.name, args.version, args.head, args.knots)
     print(json.dumps(chosen))
     return 0
 
