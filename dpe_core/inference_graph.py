@@ -196,6 +196,7 @@ class FoldedGenerator(nn.Module):
         self.stats = copy.deepcopy(g.stats) if g.stats is not None else None
         self.affine_mlp = copy.deepcopy(g.affine_mlp) if g.affine_mlp is not None else None
         self.post_curve = copy.deepcopy(g.post_curve) if g.post_curve is not None else None
+        self.colour_prior = copy.deepcopy(g.colour_prior) if g.colour_prior is not None else None
 
         def conv(name: str) -> SymmetricConv2d:
             module = getattr(g, name)
@@ -320,6 +321,8 @@ class FoldedGenerator(nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
+        if self.colour_prior is not None:
+            x = self.colour_prior(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: torch.Tensor, global_vector: torch.Tensor | None = None,

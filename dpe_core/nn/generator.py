@@ -59,6 +59,7 @@ class GlobalUNetGenerator(nn.Module):
         self.stats = stats_mlp(8 * c) if config.global_stats else None
         self.affine_mlp = affine_mlp() if config.global_affine else None
         self.post_curve = post_curve_mlp(config.post_curve_knots) if config.post_curve_knots else None
+        self.colour_prior = ColourPrior() if config.colour_prior else None
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 variance_scaling_(module, config.init_scale)
@@ -77,6 +78,8 @@ class GlobalUNetGenerator(nn.Module):
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
+        if self.colour_prior is not None:
+            x = self.colour_prior(x)
         a5, skips = self._encode(x, domain)
         stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp,
                                      self.post_curve)
@@ -101,6 +104,8 @@ class GlobalUNetGenerator(nn.Module):
 
     def global_feature(self, x: torch.Tensor, domain: int = 0) -> torch.Tensor:
         """The global vector [B,128,1,1] for x [B,3,H,W] in [0,1]."""
+        if self.colour_prior is not None:
+            x = self.colour_prior(x)
         a5, _ = self._encode(x, domain)
         return self._global(a5, statistics_if_needed(x, None, self.stats), domain)
 
@@ -117,6 +122,57 @@ class GlobalUNetGenerator(nn.Module):
         g, _ = self.global2(g, domain)
         g = self.global4(selu(self.global3(self.global_pool(g))))
         return g if self.stats is None else g + stats_vector(self.stats, stats).to(g.dtype)
+
+
+class ColourPrior(nn.Module):
+    """A fixed colour map x [B,3,H,W] in [0,1] -> clip(M curve(x) + b, 0, 1): per-channel piecewise-linear curves
+    through (curve_in[k, c], curve_out[k, c]) (constant beyond the ends), then a 3x3 matrix M and offset b.
+    Buffers, not parameters: set once (``set_curves`` / ``set_affine``), saved with the model, never trained.
+    The identity until set."""
+
+    LEVELS = 257
+
+    def __init__(self):
+        super().__init__()
+        grid = torch.linspace(0.0, 1.0, self.LEVELS)[:, None].repeat(1, 3)
+        self.register_buffer("curve_in", grid.clone())
+        self.register_buffer("curve_out", grid.clone())
+        self.register_buffer("matrix", torch.eye(3))
+        self.register_buffer("offset", torch.zeros(3))
+
+    @torch.no_grad()
+    def set_curves(self, curve_in: torch.Tensor, curve_out: torch.Tensor) -> None:
+        """Per-channel curves: [LEVELS, 3] knots, curve_in non-decreasing per column, both in [0,1]."""
+        if curve_in.shape != self.curve_in.shape or curve_out.shape != self.curve_out.shape:
+            raise ValueError(f"curves must be [{self.LEVELS}, 3], got {tuple(curve_in.shape)}, "
+                             f"{tuple(curve_out.shape)}")
+        if bool((curve_in.diff(dim=0) < 0).any()):
+            raise ValueError("curve_in must be non-decreasing per channel")
+        self.curve_in.copy_(curve_in)
+        self.curve_out.copy_(curve_out)
+
+    @torch.no_grad()
+    def set_affine(self, matrix: torch.Tensor, offset: torch.Tensor) -> None:
+        """The colour affine after the curves: matrix [3,3], offset [3] (in [0,1] units)."""
+        if matrix.shape != (3, 3) or offset.shape != (3,):
+            raise ValueError(f"a colour affine needs a [3,3] matrix and a [3] offset, got {tuple(matrix.shape)}, "
+                             f"{tuple(offset.shape)}")
+        self.matrix.copy_(matrix)
+        self.offset.copy_(offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            v = x.float()
+            xp, fp = self.curve_in.T.contiguous(), self.curve_out.T.contiguous()  # [3, LEVELS]
+            b, c, h, w = v.shape
+            flat = v.permute(1, 0, 2, 3).reshape(3, -1)
+            index = torch.searchsorted(xp, flat.contiguous(), right=True).clamp(1, self.LEVELS - 1)
+            x0, x1 = xp.gather(1, index - 1), xp.gather(1, index)
+            y0, y1 = fp.gather(1, index - 1), fp.gather(1, index)
+            t = ((flat - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
+            curved = (y0 + t * (y1 - y0)).reshape(3, b, h, w).permute(1, 0, 2, 3)
+            out = torch.einsum("ij,bjhw->bihw", self.matrix, curved) + self.offset.view(1, 3, 1, 1)
+            return out.clamp(0.0, 1.0).to(x.dtype)
 
 
 # Quantiles per channel: the tails say where black and white are (exposure, haze, contrast), the middle where
@@ -240,7 +296,8 @@ def load_widened(generator: GlobalUNetGenerator, state: dict[str, torch.Tensor])
     if generator.config.output == "affine" and state["out2.weight"].shape[0] == 3:
         state = widen_residual_head(state)
     missing, unexpected = generator.load_state_dict(state, strict=False)
-    stray = [k for k in missing if not k.startswith(("stats.", "affine_mlp.", "post_curve."))] + list(unexpected)
+    stray = [k for k in missing if not k.startswith(("stats.", "affine_mlp.", "post_curve.", "colour_prior."))]
+    stray += list(unexpected)
     if stray:
         raise ValueError(f"state dict does not fit this generator: {sorted(stray)[:8]}")
 

@@ -80,6 +80,10 @@ class TrainConfig(BaseModel):
                                     "0: off, the release).")
     transport_kind: Literal["quantile", "affine"] = Field("quantile", description="two-way: per-channel quantile "
                                                           "curves, or the affine (Monge-Kantorovich) colour map.")
+    # Deviation (opt-in): the generators start at that transport instead of at the identity: G_X's colour prior
+    # (GeneratorConfig.colour_prior) is set to T, G_Y's to T^-1, once the photos are read; the U-Nets refine it.
+    transport_init: bool = Field(False, description="two-way: set the generators' colour priors to the transport "
+                                 "(T for G_X, T^-1 for G_Y; needs generator.colour_prior).")
     individual_bn: bool = Field(True, description="two-way: generated inputs of the cycle pass use their own BN "
                                 "set (the paper's iBN); False: one shared set (the ablation).")
     content_weight: float = Field(1e3, description="one-way: weight of MSE(G(x), paired target).")
@@ -126,6 +130,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"GAN modes need image_size >= 64 (critic), got {self.image_size}")
         if self.mode == "two-way" and (d.source_url is None) != (d.reference_url is None):
             raise ValueError("two-way training needs both data.source_url and data.reference_url")
+        if self.transport_init and (self.mode != "two-way" or not self.generator.colour_prior):
+            raise ValueError("transport_init needs mode 'two-way' and generator.colour_prior true (the generators' "
+                             "colour priors are what it sets)")
         if self.mode != "two-way" and d.input_url is not None and d.target_url is None:
             raise ValueError(f"{self.mode} training with data.input_url needs data.target_url")
         return self

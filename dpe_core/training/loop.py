@@ -196,7 +196,6 @@ def train(
     device = pick_device(config.device)
     data = data or build_data(config)
     step = build_step(config, device)
-    step.prepare(data.train)
     resumed_from = None
     so = config.data.storage_options
     if config.checkpoint_url:
@@ -208,6 +207,7 @@ def train(
         initial, _ = load_model(config.init_from, map_location=device, **so)
         load_widened(step.enhancer, initial.state_dict())
         log.info("initialised G_X from %s", config.init_from)
+    step.prepare(data.train)  # after any weights are loaded: what it sets (colour priors) is not overwritten
     started = time.perf_counter()
     last_checkpoint = resumed_from
     metrics: dict[str, float] = {}

@@ -26,6 +26,7 @@ from dpe_core.losses import (
     psnr_loss,
 )
 from dpe_core.nn import build_critic, build_generator
+from dpe_core.nn.generator import ColourPrior
 from dpe_core.training.config import TrainConfig
 from dpe_core.training.data import Batch, UnpairedData
 from dpe_core.training.transport import AffineColourTransport, QuantileColourTransport, fit_colour_transport
@@ -159,6 +160,19 @@ class GANStep:
         return metrics
 
 
+def set_colour_prior(prior: ColourPrior, transport: QuantileColourTransport | AffineColourTransport,
+                     inverse: bool) -> None:
+    """Make a generator's colour prior compute the transport (or its inverse) on [0,1] images."""
+    if isinstance(transport, QuantileColourTransport):
+        ends = (transport.reference, transport.source) if inverse else (transport.source, transport.reference)
+        prior.set_curves(*(ends[k].to(prior.curve_in) for k in (0, 1)))
+        return
+    matrix = transport.inverse_matrix if inverse else transport.matrix
+    mean_in, mean_out = ((transport.reference_mean, transport.source_mean) if inverse
+                         else (transport.source_mean, transport.reference_mean))
+    prior.set_affine(matrix.to(prior.matrix), (mean_out - matrix @ mean_in).to(prior.offset))
+
+
 class TwoWayGANStep(GANStep):
     """Unpaired two-way GAN with iBN, A-WGAN critics, identity (1e3) and cycle (1e4) losses."""
 
@@ -169,12 +183,15 @@ class TwoWayGANStep(GANStep):
     def prepare(self, data: object) -> None:
         """With transport_weight > 0: the colour transport of the source photos to the references, from every
         pixel of both sets (recomputed on resume: it depends only on the photos)."""
-        if self.config.transport_weight > 0:
+        if self.config.transport_weight > 0 or self.config.transport_init:
             if not isinstance(data, UnpairedData):
-                raise TypeError(f"transport_weight needs unpaired data (source and reference photos), got "
-                                f"{type(data).__name__}")
+                raise TypeError(f"transport_weight and transport_init need unpaired data (source and reference "
+                                f"photos), got {type(data).__name__}")
             self.transport = fit_colour_transport(data.source.images, data.reference.images,
                                                   self.config.transport_kind)
+        if self.config.transport_init:  # the same values on resume: the transport depends only on the photos
+            set_colour_prior(self.g_x.colour_prior, self.transport, inverse=False)
+            set_colour_prior(self.g_y.colour_prior, self.transport, inverse=True)
 
     def critic_phase(self, batch: Batch, rng: torch.Generator) -> dict[str, float]:
         fake_y = self._critic_fakes(self.g_x, batch.x)

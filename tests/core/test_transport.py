@@ -156,3 +156,58 @@ def test_large_sets_give_a_bounded_sample_and_the_same_transport():
         sampled = fit_colour_transport(large, references, kind, max_pixels=bound)
         every_pixel = fit_colour_transport(large, references, kind, max_pixels=10**9)
         torch.testing.assert_close(sampled.forward(x), every_pixel.forward(x), atol=5e-3, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["quantile", "affine"])
+def test_transport_init_starts_both_generators_at_the_transport_and_the_model_file_keeps_it(kind, tmp_path):
+    from dpe_core.inference import Enhancer
+    from dpe_core.training.loop import export_model, train
+
+    data = _unpaired()
+    config = TrainConfig(mode="two-way", image_size=64, batch_size=2, critic_steps_per_generator_step=1, seed=5,
+                         steps=1, lr=1e-9, transport_weight=0.0, transport_kind=kind, transport_init=True,
+                         generator={"colour_prior": True, "train_size": 64})
+    result = train(config, data=_wrapped(data))
+    transport = fit_colour_transport(data.source.images, data.reference.images, kind)
+    x = torch.stack(data.source.images[:2])
+    y = torch.stack(data.reference.images[:2])
+    g_x, g_y = result.step.g_x.eval(), result.step.g_y.eval()
+    with torch.no_grad():
+        # The U-Nets start near the identity (init scale 1e-3), so the generators compute ~the transport.
+        assert _psnr(g_x(x), transport.forward(x)) > 40
+        assert _psnr(g_x(x), x) < 25  # and not the identity: the sets differ by 0.5 in every channel
+        assert _psnr(g_y(y), transport.inverse(y)) > 40
+    export_model(result, str(tmp_path / "model"), "prior-test", "1")
+    enhancer = Enhancer.from_pretrained(str(tmp_path / "model"))
+    image = x[0].permute(1, 2, 0).numpy()
+    for mode in ("paper", "full"):  # the folded inference net applies the prior as training did
+        out = torch.from_numpy(np.asarray(enhancer.enhance(image, mode=mode), dtype=np.float32)).permute(2, 0, 1)
+        assert _psnr(out, transport.forward(x[:1])[0]) > 35, mode
+
+
+def _wrapped(data: UnpairedData):
+    from dpe_core.training.loop import TrainingData
+
+    return TrainingData(train=data)
+
+
+def test_transport_init_needs_the_generators_colour_prior():
+    with pytest.raises(ValueError, match="colour_prior"):
+        TrainConfig(mode="two-way", image_size=64, transport_init=True)
+    with pytest.raises(ValueError, match="two-way"):
+        TrainConfig(mode="supervised", transport_init=True, generator={"colour_prior": True})
+
+
+def test_colour_prior_is_the_identity_until_set_and_checks_what_it_is_given():
+    from dpe_core.nn.generator import ColourPrior
+
+    prior = ColourPrior()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(prior(x), x, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="257"):
+        prior.set_curves(torch.zeros(5, 3), torch.zeros(5, 3))
+    backwards = torch.linspace(1, 0, ColourPrior.LEVELS)[:, None].repeat(1, 3)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        prior.set_curves(backwards, backwards)
+    with pytest.raises(ValueError, match="3,3"):
+        prior.set_affine(torch.eye(2), torch.zeros(3))
