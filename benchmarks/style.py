@@ -42,6 +42,8 @@ from dpe_core.quality.looks import LOOKS  # noqa: E402
 from dpe_core.quality.report import load_photos  # noqa: E402
 from dpe_core.quality.style import (  # noqa: E402
     colour_histograms,
+    deal_extra_photos,
+    link_photo_pool,
     load_pairs,
     match_colours,
     mean_luminance,
@@ -88,6 +90,9 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
            "identity_weight": args.identity_weight, "cycle_weight": args.cycle_weight,
            "transport_weight": args.transport_weight, "transport_kind": args.transport_kind,
            "data": {"source_url": str(folders["source"]), "reference_url": str(folders["reference"])}}
+    if args.transport_init:
+        gan["transport_init"] = True
+        common["generator"] = common.get("generator", {}) | {"colour_prior": True}
     if args.critic_stats != "off":  # the ablations on top of the critic that learns the look
         gan["critic"] = {"global_stats": args.critic_stats}
     if variant == "unpaired":
@@ -151,6 +156,9 @@ def main() -> None:
     parser.add_argument("--transport-weight", type=float, default=0.0,
                         help="two-way: weight of the colour-transport target (TrainConfig.transport_weight; 0: the "
                              "release's losses only); name runs with --tag")
+    parser.add_argument("--transport-init", action="store_true",
+                        help="unpaired variants: the generators start at the transport (T for G_X, T^-1 for G_Y) "
+                        "through their colour priors (TrainConfig.transport_init)")
     parser.add_argument("--transport-kind", choices=["quantile", "affine"], default="quantile",
                         help="the colour transport's kind (TrainConfig.transport_kind)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -170,6 +178,9 @@ def main() -> None:
     parser.add_argument("--choose-on-s", action="store_true",
                         help="export the checkpoint that scores best on S (G(s) vs L(s)) instead of the last; every "
                              "variant, paired included")
+    parser.add_argument("--extra-photos", type=Path, action="append", default=[],
+                        help="a folder of more real photos (documented sources) for S and R only, never T "
+                        "(repeatable); T stays the same 10 natural photos")
     parser.add_argument("--tag", default="", help="appended to each run's folder name (runs with other settings)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -179,10 +190,16 @@ def main() -> None:
     names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     balance = mean_luminance(photos, names) if args.split != "shuffled" else None
     split = split_style_photos(names, test=args.test, seed=args.seed, balance=balance)
+    if args.extra_photos:
+        pool = args.work / args.look / "photos-pool"
+        extra = [n for n in link_photo_pool([photos, *args.extra_photos], pool) if not (photos / n).exists()]
+        photos, split = pool, deal_extra_photos(split, extra)
     if args.split.startswith("matched"):  # matched-opponent: also along the opponent axes (R-G, G-B, R-B)
         split = match_colours(split, colour_histograms(photos, split.source + split.reference,
                                                        opponent=args.split == "matched-opponent"))
     data_dir = args.work / args.look / ("data" if args.split == "balanced" else f"data-{args.split}")
+    if args.extra_photos:  # its own folder: the splits of the natural photos alone keep theirs
+        data_dir = data_dir.with_name(f"{data_dir.name}-extra{len(split.source) + len(split.reference)}")
     split_file = data_dir / "split.json"
     wanted = {"split": args.split, "seed": args.seed, "long_side": args.long_side} | asdict(split)
     if not split_file.is_file() or json.loads(split_file.read_text()) != wanted:
@@ -245,7 +262,8 @@ def main() -> None:
         elapsed = max([float(h.get("seconds", 0.0)) for h in history] + [trained_s])
         model_dir = run_dir / "model"
         card = {"look": args.look, "variant": variant, "source_photos": split.source,
-                "reference_photos": split.reference, "test_photos": split.test, "photos_from": str(photos)}
+                "reference_photos": split.reference, "test_photos": split.test, "photos_from": str(photos),
+                "extra_photos_from": [str(f) for f in args.extra_photos]}
         chosen = None
         if args.choose_on_s:
             chosen = checkpoint_on_s(run_dir / "checkpoints", source_pairs)

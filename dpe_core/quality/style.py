@@ -69,6 +69,44 @@ def split_style_photos(names: Sequence[str], test: int, seed: int = 2010,
     return StyleSplit(source=sorted(source), reference=sorted(reference), test=sorted(held))
 
 
+def deal_extra_photos(split: StyleSplit, extra: Sequence[str]) -> StyleSplit:
+    """The split with more photos for S and R only: ``extra`` (names, none of them in the split) dealt alternately
+    to S and R in the given order; T unchanged, so scores stay comparable with runs without them. ``match_colours``
+    re-deals S and R afterwards."""
+    clash = sorted(set(extra) & set(split.source + split.reference + split.test))
+    if clash:
+        raise ValueError(f"extra photos already in the split: {', '.join(clash[:5])}")
+    return StyleSplit(source=sorted([*split.source, *extra[0::2]]), reference=sorted([*split.reference,
+                      *extra[1::2]]), test=list(split.test))
+
+
+def link_photo_pool(folders: Sequence[str | Path], pool: str | Path) -> list[str]:
+    """Make ``pool`` one folder of symbolic links to the photos of ``folders`` (sorted within each folder) and
+    return their names in that order. Names must be unique across the folders (ValueError naming both places).
+    Links are updated in place, never the folder replaced: another run may be reading it."""
+    from dpe_core.quality.report import PHOTO_SUFFIXES
+
+    files: dict[str, Path] = {}
+    for folder in map(Path, folders):
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        if not found:
+            raise ValueError(f"{folder}: no photos ({', '.join(PHOTO_SUFFIXES)})")
+        for path in found:
+            if path.name in files:
+                raise ValueError(f"{path.name} is in both {files[path.name].parent} and {folder}; photo names must "
+                                 "be unique")
+            files[path.name] = path.resolve()
+    pool = Path(pool)
+    pool.mkdir(parents=True, exist_ok=True)
+    for entry in pool.iterdir():
+        if entry.name not in files or not entry.is_symlink() or entry.resolve() != files[entry.name]:
+            entry.unlink()
+    for name, path in files.items():
+        if not (pool / name).is_symlink():
+            (pool / name).symlink_to(path)
+    return list(files)
+
+
 def mean_luminance(photo_dir: str | Path, names: Sequence[str], long_side: int = 64) -> dict[str, float]:
     """name -> mean Rec.709 luma in [0,1] of a small copy (the balance statistic of split_style_photos)."""
     return {name: float((pixels @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)).mean())
@@ -120,19 +158,26 @@ def match_colours(split: StyleSplit, histograms: Mapping[str, np.ndarray], start
     def distance(s: Sequence[str], r: Sequence[str]) -> float:
         return pooled_colour_distance([histograms[n] for n in s], [histograms[n] for n in r])
 
+    def swap_distances(source: list[str], reference: list[str]) -> np.ndarray:
+        """[len(S), len(R)]: pooled_colour_distance after swapping S[i] with R[j], for every pair at once (the
+        pooled counts are integers, so the totals after a swap are exact and equal the direct sums)."""
+        hs = np.stack([histograms[n] for n in source]).astype(np.float64)  # [S, axes, bins]
+        hr = np.stack([histograms[n] for n in reference]).astype(np.float64)
+        moved = hr[None, :] - hs[:, None]  # what R[j] brings into S and S[i] takes out
+        totals_s, totals_r = hs.sum(0) + moved, hr.sum(0) - moved
+        cdf_s = np.cumsum(totals_s, axis=-1) / totals_s.sum(axis=-1, keepdims=True)
+        cdf_r = np.cumsum(totals_r, axis=-1) / totals_r.sum(axis=-1, keepdims=True)
+        return np.abs(cdf_s - cdf_r).sum(axis=-1).mean(axis=-1) / hs.shape[-1]
+
     def descend(source: list[str], reference: list[str]) -> tuple[float, list[str], list[str]]:
         best = distance(source, reference)
         for _ in range(max_rounds):
-            candidates = []
-            for i in range(len(source)):
-                for j in range(len(reference)):
-                    s, r = source.copy(), reference.copy()
-                    s[i], r[j] = reference[j], source[i]
-                    candidates.append((distance(s, r), i, j))
-            lowest, i, j = min(candidates)
-            if lowest >= best - 1e-12:
+            swapped = swap_distances(source, reference)
+            i, j = np.unravel_index(int(np.argmin(swapped)), swapped.shape)  # first minimum: lowest i, then j
+            if swapped[i, j] >= best - 1e-12:
                 break
-            source[i], reference[j], best = reference[j], source[i], lowest
+            source[i], reference[j] = reference[j], source[i]
+            best = distance(source, reference)
         return best, sorted(source), sorted(reference)
 
     ends = [descend(list(split.source), list(split.reference))]

@@ -169,3 +169,35 @@ def test_pooled_histogram_transfer_learns_a_curve_look_from_the_same_photos_and_
     assert same["psnr"] > 38 and same["psnr"] > identity["psnr"] + 10, (same, identity)
     # Five other family photos differ in content by more than the look: the same map from them lands far lower.
     assert other["psnr"] < same["psnr"] - 10, (other, same)
+
+
+def test_extra_photos_join_sources_and_references_never_the_test_set(tmp_path):
+    from dpe_core.quality.style import deal_extra_photos, link_photo_pool
+
+    natural, more = tmp_path / "natural", tmp_path / "more"
+    for folder, names in ((natural, [f"n{i}.png" for i in range(8)]), (more, [f"m{i}.png" for i in range(5)])):
+        folder.mkdir()
+        for name in names:
+            Image.new("RGB", (4, 4)).save(folder / name)
+    (more / "notes.txt").write_text("not a photo")
+    pool = tmp_path / "pool"
+    names = link_photo_pool([natural, more], pool)
+    assert names == [f"n{i}.png" for i in range(8)] + [f"m{i}.png" for i in range(5)]
+    assert sorted(p.name for p in pool.iterdir()) == sorted(names)
+    assert (pool / "m3.png").resolve() == (more / "m3.png").resolve()
+
+    split = split_style_photos(names[:8], test=2)
+    dealt = deal_extra_photos(split, names[8:])
+    assert dealt.test == split.test
+    assert sorted(dealt.source + dealt.reference) == sorted(split.source + split.reference + names[8:])
+    assert len(dealt.source) - len(split.source) == 3 and len(dealt.reference) - len(split.reference) == 2
+    with pytest.raises(ValueError, match=split.test[0]):
+        deal_extra_photos(split, [split.test[0]])
+
+    (more / "n0.png").write_bytes((natural / "n0.png").read_bytes())  # the same name in two folders
+    with pytest.raises(ValueError, match="n0.png"):
+        link_photo_pool([natural, more], pool)
+    (more / "n0.png").unlink()
+    (more / "m4.png").unlink()  # a photo gone: its stale link goes, the others stay
+    assert "m4.png" not in link_photo_pool([natural, more], pool)
+    assert not (pool / "m4.png").exists() and (pool / "m0.png").is_symlink()
