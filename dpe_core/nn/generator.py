@@ -10,6 +10,7 @@ from dpe_core.nn.layers import (
     ConvSeluBN,
     IndividualBatchNorm2d,
     SymmetricConv2d,
+    interp1d,
     selu,
     upsample_to,
     variance_scaling_,
@@ -163,14 +164,8 @@ class ColourPrior(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             v = x.float()
-            xp, fp = self.curve_in.T.contiguous(), self.curve_out.T.contiguous()  # [3, LEVELS]
-            b, c, h, w = v.shape
-            flat = v.permute(1, 0, 2, 3).reshape(3, -1)
-            index = torch.searchsorted(xp, flat.contiguous(), right=True).clamp(1, self.LEVELS - 1)
-            x0, x1 = xp.gather(1, index - 1), xp.gather(1, index)
-            y0, y1 = fp.gather(1, index - 1), fp.gather(1, index)
-            t = ((flat - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
-            curved = (y0 + t * (y1 - y0)).reshape(3, b, h, w).permute(1, 0, 2, 3)
+            curved = torch.stack([interp1d(v[:, c], self.curve_in[:, c].contiguous(),
+                                           self.curve_out[:, c].contiguous()) for c in range(3)], dim=1)
             out = torch.einsum("ij,bjhw->bihw", self.matrix, curved) + self.offset.view(1, 3, 1, 1)
             return out.clamp(0.0, 1.0).to(x.dtype)
 

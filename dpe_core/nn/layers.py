@@ -133,3 +133,11 @@ def upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if x.shape[-2] * 2 == size[0] and x.shape[-1] * 2 == size[1]:
         return F.interpolate(x, scale_factor=2.0, mode="nearest")
     return F.interpolate(x, size=size, mode="nearest")
+
+
+def interp1d(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """np.interp for torch: x any shape, xp non-decreasing [L], fp [L]; constant beyond both ends."""
+    index = torch.searchsorted(xp, x.contiguous(), right=True).clamp(1, xp.numel() - 1)
+    x0, x1, y0, y1 = xp[index - 1], xp[index], fp[index - 1], fp[index]
+    t = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
+    return y0 + t * (y1 - y0)

@@ -25,6 +25,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from dpe_core.nn.layers import interp1d
+
 TransportKind = Literal["quantile", "affine"]
 
 
@@ -41,14 +43,6 @@ def _pooled_pixels(images: Sequence[torch.Tensor], max_pixels: int = MAX_POOLED_
     total = sum(img[0].numel() for img in images)
     stride = max(1, -(-total // max_pixels))
     return np.concatenate([img.detach().reshape(3, -1)[:, ::stride].T.double().cpu().numpy() for img in images])
-
-
-def _interpolate(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
-    """np.interp for torch: x any shape, xp non-decreasing [L], fp [L]; constant beyond both ends."""
-    index = torch.searchsorted(xp, x.contiguous(), right=True).clamp(1, xp.numel() - 1)
-    x0, x1, y0, y1 = xp[index - 1], xp[index], fp[index - 1], fp[index]
-    t = ((x - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)
-    return y0 + t * (y1 - y0)
 
 
 class QuantileColourTransport:
@@ -78,7 +72,7 @@ class QuantileColourTransport:
     @staticmethod
     def _map(images: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
         xp, fp = xp.to(images.device), fp.to(images.device)
-        channels = [_interpolate(images[:, c], xp[:, c].contiguous(), fp[:, c].contiguous()) for c in range(3)]
+        channels = [interp1d(images[:, c], xp[:, c].contiguous(), fp[:, c].contiguous()) for c in range(3)]
         return torch.stack(channels, dim=1)
 
     @torch.no_grad()
