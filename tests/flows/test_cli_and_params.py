@@ -191,8 +191,8 @@ def test_enhance_summary_table_shows_time_to_first_output(monkeypatch):
         assert "first output" in text and shown in text and "None" not in text
 
 
-@pytest.mark.parametrize(("recipe_name", "look"), [("style-look-warm-v3.json", "warm-contrast"),
-                                                    ("style-look-cool-v4.json", "cool-faded")])
+@pytest.mark.parametrize(("recipe_name", "look"), [("style-look-warm-v4.json", "warm-contrast"),
+                                                    ("style-look-cool-v5.json", "cool-faded")])
 def test_the_shipped_style_recipes_build_the_bundled_looks_training_configs(recipe_name, look):
     from dpe_core.training import TrainConfig
     from flows.cli import params_from_config_file
@@ -205,7 +205,9 @@ def test_the_shipped_style_recipes_build_the_bundled_looks_training_configs(reci
     bundled = json.loads((Path(__file__).resolve().parents[2] / "dpe_core" / "models" / f"look-{look}" /
                           "model.json").read_text())["training"]["config"]
     for key in ("mode", "image_size", "batch_size", "steps", "critic_steps_per_generator_step", "lr",
-                "critic_lr_scale", "identity_weight", "cycle_weight", "transport_weight", "transport_kind", "seed"):
+                "critic_lr_scale", "identity_weight", "cycle_weight", "transport_weight", "transport_kind",
+                "transport_init", "seed"):
         assert getattr(built, key) == bundled[key], key
     assert built.critic.global_stats == bundled["critic"]["global_stats"] == "only"
+    assert built.generator.colour_prior is bundled["generator"]["colour_prior"] is True
     assert (built.data.source_url, built.data.reference_url) == ("s", "r")
