@@ -133,12 +133,15 @@ def pooled_colour_distance(counts: Sequence[np.ndarray], other: Sequence[np.ndar
     """Mean over the axes (R, G, B, and the opponent ones when given) of the 1-D Wasserstein distance (in [0,1]
     units) between the pooled pixels of two sets of photos, from their colour_histograms (pixels pooled, so a
     larger photo weighs more, as in training)."""
-    def cdf(group: Sequence[np.ndarray]) -> np.ndarray:
-        total = np.sum(group, axis=0, dtype=np.float64)
-        return np.cumsum(total, axis=1) / total.sum(axis=1, keepdims=True)
+    return float(_distance_of_totals(np.sum(counts, axis=0, dtype=np.float64),
+                                     np.sum(other, axis=0, dtype=np.float64)))
 
-    a, b = cdf(counts), cdf(other)
-    return float(np.abs(a - b).sum(axis=1).mean() / a.shape[1])
+
+def _distance_of_totals(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """pooled_colour_distance from pooled counts [..., axes, bins] (float64) of each set: [...]."""
+    cdf_a = np.cumsum(a, axis=-1) / a.sum(axis=-1, keepdims=True)
+    cdf_b = np.cumsum(b, axis=-1) / b.sum(axis=-1, keepdims=True)
+    return np.abs(cdf_a - cdf_b).sum(axis=-1).mean(axis=-1) / a.shape[-1]
 
 
 def match_colours(split: StyleSplit, histograms: Mapping[str, np.ndarray], starts: int = 8,
@@ -164,10 +167,7 @@ def match_colours(split: StyleSplit, histograms: Mapping[str, np.ndarray], start
         hs = np.stack([histograms[n] for n in source]).astype(np.float64)  # [S, axes, bins]
         hr = np.stack([histograms[n] for n in reference]).astype(np.float64)
         moved = hr[None, :] - hs[:, None]  # what R[j] brings into S and S[i] takes out
-        totals_s, totals_r = hs.sum(0) + moved, hr.sum(0) - moved
-        cdf_s = np.cumsum(totals_s, axis=-1) / totals_s.sum(axis=-1, keepdims=True)
-        cdf_r = np.cumsum(totals_r, axis=-1) / totals_r.sum(axis=-1, keepdims=True)
-        return np.abs(cdf_s - cdf_r).sum(axis=-1).mean(axis=-1) / hs.shape[-1]
+        return _distance_of_totals(hs.sum(0) + moved, hr.sum(0) - moved)
 
     def descend(source: list[str], reference: list[str]) -> tuple[float, list[str], list[str]]:
         best = distance(source, reference)
@@ -176,8 +176,7 @@ def match_colours(split: StyleSplit, histograms: Mapping[str, np.ndarray], start
             i, j = np.unravel_index(int(np.argmin(swapped)), swapped.shape)  # first minimum: lowest i, then j
             if swapped[i, j] >= best - 1e-12:
                 break
-            source[i], reference[j] = reference[j], source[i]
-            best = distance(source, reference)
+            source[i], reference[j], best = reference[j], source[i], float(swapped[i, j])
         return best, sorted(source), sorted(reference)
 
     ends = [descend(list(split.source), list(split.reference))]
