@@ -196,6 +196,37 @@ def format_table(result: QualityResult) -> str:
     return "\n".join(lines)
 
 
+def paired_difference(candidate: Sequence[float], reference: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, standard error, count) of candidate - reference over the same pairs (dB).
+
+    Two models scored on the same damaged photos differ far less from pair to pair than either differs from the
+    other photos: the standard error of the per-pair difference is the noise a comparison of the two means has.
+    """
+    # An unchanged photo scores inf; 100 dB (far past 8-bit rounding, ~59 dB) stands in for it so the pair counts.
+    cap = lambda scores: np.minimum(np.asarray(scores, dtype=np.float64), 100.0)  # noqa: E731
+    if len(candidate) != len(reference) or len(reference) == 0:
+        raise ValueError(f"paired scores need the same non-zero count, got {len(candidate)} and {len(reference)}")
+    diff = cap(candidate) - cap(reference)
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
+    return float(diff.mean()), se, int(diff.size)
+
+
+def format_paired(result: QualityResult, models: Sequence[str]) -> str:
+    """Each model after the first against the first, pair by pair: PSNR (restore) and no-harm, mean +- SE."""
+    reference = result.scores[models[0]]
+    lines = [f"paired against {models[0]} (mean difference +- standard error over the same pairs, dB):"]
+    for name in models[1:]:
+        scores = result.scores[name]
+        mean, se, count = paired_difference([r[0] for r in scores.restore], [r[0] for r in reference.restore])
+        wins = sum(a[0] > b[0] for a, b in zip(scores.restore, reference.restore, strict=True))
+        line = f"  {name}: PSNR {mean:+.3f} +- {se:.3f} over {count} pairs ({wins} better)"
+        if scores.noharm and reference.noharm:
+            nh_mean, nh_se, nh_count = paired_difference(scores.noharm, reference.noharm)
+            line += f"; no-harm {nh_mean:+.3f} +- {nh_se:.3f} over {nh_count} photos"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def contact_sheet(result: QualityResult, path: str | Path, height: int = 200) -> Path:
     """PNG with one row per sample photo: damaged | each model's output | original, labelled."""
     from PIL import Image, ImageDraw
@@ -313,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nfamily {family} ({'training family' if family == 'A' else 'never trained on'}), "
               f"{result.seconds:.0f} s:")
         print(format_table(result))
+        if len(models) > 1:
+            print(format_paired(result, list(models)))
         if args.out:
             sheet = contact_sheet(result, args.out / f"contact-family-{family}.png")
             print(f"contact sheet: {sheet}")

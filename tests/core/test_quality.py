@@ -137,6 +137,33 @@ def test_several_draws_per_photo_extend_the_single_draw_benchmark():
         evaluate(photos, "A", model, draws=0)
 
 
+def test_paired_comparison_separates_a_small_steady_gain_from_noise():
+    from dpe_core.quality.report import evaluate, format_paired, paired_difference
+
+    # Per pair, a steady +0.1 dB beside pair-to-pair swings of +-3 dB: the paired error sees through the swings.
+    swings = np.array([3.0, -3.0, 2.0, -2.0, 1.0, -1.0] * 5)
+    reference = 25 + swings
+    mean, se, count = paired_difference(reference + 0.1, reference)
+    assert count == 30 and mean == pytest.approx(0.1) and se == pytest.approx(0.0, abs=1e-9)
+    noisy = reference + 0.1 + np.array([0.2, -0.2] * 15)
+    mean, se, _ = paired_difference(noisy, reference)
+    assert mean == pytest.approx(0.1) and 0.03 < se < 0.05  # 0.2 / sqrt(30), with the n-1 correction
+    assert paired_difference([np.inf, 30.0], [np.inf, 29.0])[:2] == pytest.approx((0.5, 0.5))  # inf: unchanged
+    with pytest.raises(ValueError, match="same"):
+        paired_difference([1.0, 2.0], [1.0])
+
+    rng = np.random.default_rng(7)
+    base = np.clip(rng.random((24, 32, 3)).astype(np.float32) * 0.6 + 0.2, 0, 1)
+    photos = [(f"p{i}.png", np.clip(base * (0.8 + 0.1 * i), 0, 1).astype(np.float32)) for i in range(3)]
+    models = {"model same": lambda image: image, "model grey": lambda image: image * 0.5 + 0.25}
+    result = evaluate(photos, "A", models, keep_samples=0, draws=2)
+    text = format_paired(result, list(models))
+    assert "model grey" in text and "over 6 pairs" in text and "no-harm -" in text and "over 3 photos" in text
+    grey = [r[0] for r in result.scores["model grey"].restore]
+    same = [r[0] for r in result.scores["model same"].restore]
+    assert f"{np.mean(np.subtract(grey, same)):+.3f}" in text
+
+
 def test_single_defect_table_shows_which_defects_each_method_undoes(testdata):
     from dpe_core.quality.degradations import SINGLE_DEFECTS
     from dpe_core.quality.report import evaluate_single_defects, format_defect_table, load_photos
