@@ -94,7 +94,8 @@ def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Pa
         gan["transport_init"] = True
         common["generator"] = common.get("generator", {}) | {"colour_prior": True}
     if args.critic_stats != "off":  # the ablations on top of the critic that learns the look
-        gan["critic"] = {"global_stats": args.critic_stats}
+        gan["critic"] = {"global_stats": args.critic_stats} | (
+            {"cross_channel_stats": True} if args.critic_cross_channel else {})
     if variant == "unpaired":
         return TrainConfig(**gan, **common)
     if variant.startswith("wgan-gp-"):
@@ -166,6 +167,9 @@ def main() -> None:
     parser.add_argument("--critic-stats", choices=["off", "add", "only"], default="off",
                         help="the critic's colour-statistics branch for every two-way variant (off: the release's "
                              "critic); runs go to VARIANT-critic-MODE")
+    parser.add_argument("--critic-cross-channel", action="store_true",
+                        help="the statistics branch also reads opponent-axis marginals and channel correlations "
+                             "(CriticConfig.cross_channel_stats; needs --critic-stats); name runs with --tag")
     parser.add_argument("--split", choices=["matched", "matched-opponent", "balanced", "shuffled"], default="matched",
                         help="S and R re-dealt until their pooled colours match (matched, from the balanced deal), "
                              "dealt by mean luminance (balanced), or by the seeded shuffle alone; T is the same")
@@ -183,6 +187,8 @@ def main() -> None:
                         "(repeatable); T stays the same 10 natural photos")
     parser.add_argument("--tag", default="", help="appended to each run's folder name (runs with other settings)")
     args = parser.parse_args()
+    if args.critic_cross_channel and args.critic_stats == "off":
+        parser.error("--critic-cross-channel needs --critic-stats add or only")
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the training status lines
 

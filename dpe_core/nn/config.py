@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class GeneratorConfig(BaseModel):
@@ -76,3 +76,13 @@ class CriticConfig(BaseModel):
     # critic steps cost ~nothing, so the release's 50:1 ratio is affordable on a CPU). The statistics are means
     # of per-pixel functions (soft CDF, moments), so the gradient penalty constrains them like the conv score.
     global_stats: Literal["off", "add", "only"] = Field("off", description="Colour-statistics branch of the critic.")
+    # Deviation (opt-in): per-channel marginals cannot see a colour matrix (channels moving together); the
+    # statistics branch also reads marginals along opponent axes and the channel correlations.
+    cross_channel_stats: bool = Field(False, description="The statistics branch also reads opponent-axis soft CDFs "
+                                      "and channel correlations (needs global_stats add or only).")
+
+    @model_validator(mode="after")
+    def _cross_channel_needs_the_branch(self) -> CriticConfig:
+        if self.cross_channel_stats and self.global_stats == "off":
+            raise ValueError("cross_channel_stats needs the statistics branch: set global_stats to 'add' or 'only'")
+        return self

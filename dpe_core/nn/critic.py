@@ -14,16 +14,37 @@ from dpe_core.nn.layers import SymmetricConv2d, symmetric_pad, variance_scaling_
 SOFT_CENTRES = tuple(0.05 + 0.1 * i for i in range(10))
 SOFT_WIDTH = 0.05
 SOFT_FEATURES = 3 * len(SOFT_CENTRES) + 3 + 3 + 1
+# Opponent axes, each mapped onto [0,1] for RGB in [0,1]: luminance (Rec. 601), red-green, yellow-blue. Marginals
+# along these besides R, G, B see how the channels move together (a colour matrix, a fade toward a tint), which
+# per-channel marginals cannot: the sliced view of the 3-D colour distribution.
+OPPONENT_AXES = ((0.299, 0.587, 0.114, 0.0), (0.5, -0.5, 0.0, 0.5), (0.25, 0.25, -0.5, 0.5))
+CROSS_FEATURES = len(OPPONENT_AXES) * len(SOFT_CENTRES) + 3
 
 
-def soft_colour_statistics(x: torch.Tensor) -> torch.Tensor:
+def soft_cdf(values: torch.Tensor) -> torch.Tensor:
+    """values [B,K,N] -> [B,K,len(SOFT_CENTRES)]: the share of the N values below each centre, smoothed."""
+    centres = values.new_tensor(SOFT_CENTRES)
+    return torch.sigmoid((centres - values.unsqueeze(-1)) / SOFT_WIDTH).mean(dim=2)
+
+
+def soft_colour_statistics(x: torch.Tensor, cross_channel: bool = False) -> torch.Tensor:
     """x [B,3,H,W] in [0,1] -> [B, SOFT_FEATURES] float32: per channel the soft CDF at SOFT_CENTRES, the mean and
-    the standard deviation, and the mean over pixels of max - min over the channels (saturation)."""
+    the standard deviation, and the mean over pixels of max - min over the channels (saturation).
+
+    cross_channel adds CROSS_FEATURES: the soft CDFs along OPPONENT_AXES and the three channel correlations
+    (RG, RB, GB) -> [B, SOFT_FEATURES + CROSS_FEATURES]."""
     flat = x.float().reshape(x.shape[0], 3, -1)
-    centres = flat.new_tensor(SOFT_CENTRES)
-    cdf = torch.sigmoid((centres - flat.unsqueeze(-1)) / SOFT_WIDTH).mean(dim=2)  # [B,3,C]
     spread = (flat.amax(dim=1) - flat.amin(dim=1)).mean(dim=1, keepdim=True)
-    return torch.cat([cdf.flatten(1), flat.mean(dim=2), flat.std(dim=2), spread], dim=1)
+    parts = [soft_cdf(flat).flatten(1), flat.mean(dim=2), flat.std(dim=2), spread]
+    if cross_channel:
+        axes = flat.new_tensor(OPPONENT_AXES)
+        opponent = torch.einsum("kc,bcn->bkn", axes[:, :3], flat) + axes[:, 3, None]
+        centred = flat - flat.mean(dim=2, keepdim=True)
+        cov = torch.einsum("bcn,bdn->bcd", centred, centred) / flat.shape[2]
+        scale = cov.diagonal(dim1=1, dim2=2).clamp_min(1e-8).sqrt()
+        corr = cov / (scale.unsqueeze(2) * scale.unsqueeze(1))
+        parts += [soft_cdf(opponent).flatten(1), corr[:, [0, 0, 1], [1, 2, 2]]]
+    return torch.cat(parts, dim=1)
 
 
 class Critic(nn.Module):
@@ -54,7 +75,8 @@ class Critic(nn.Module):
             if isinstance(module, nn.Conv2d):
                 variance_scaling_(module, config.init_scale)
         self.stats = (
-            nn.Sequential(nn.Linear(SOFT_FEATURES, 64), nn.LeakyReLU(config.leaky_slope), nn.Linear(64, 1))
+            nn.Sequential(nn.Linear(SOFT_FEATURES + (CROSS_FEATURES if config.cross_channel_stats else 0), 64),
+                          nn.LeakyReLU(config.leaky_slope), nn.Linear(64, 1))
             if config.global_stats != "off" else None
         )
 
@@ -63,7 +85,7 @@ class Critic(nn.Module):
             raise ValueError(f"critic expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
         if self.stats is None:
             return self._conv_score(x)
-        score = self.stats(soft_colour_statistics(x)).squeeze(1).to(x.dtype)
+        score = self.stats(soft_colour_statistics(x, self.config.cross_channel_stats)).squeeze(1).to(x.dtype)
         return score if self.config.global_stats == "only" else self._conv_score(x) + score
 
     def _conv_score(self, x: torch.Tensor) -> torch.Tensor:

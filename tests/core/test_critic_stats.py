@@ -85,3 +85,29 @@ def test_statistics_critic_separates_a_look_on_held_out_photos(testdata):
         margin = critic(test_look) - critic(test_plain)
     # Every held-out photo scores higher with the look than without it.
     assert (margin > 0).all(), margin
+
+
+def test_cross_channel_statistics_see_a_colour_matrix_that_per_channel_marginals_miss():
+    from dpe_core.nn.critic import CROSS_FEATURES
+
+    # Two images with the same R, G and B values, paired differently across channels: identical per-channel
+    # marginals, different colours (grey pixels against red/cyan ones).
+    ramp = torch.linspace(0.05, 0.95, 64)
+    grey = torch.stack([ramp, ramp, ramp]).reshape(1, 3, 8, 8)
+    mixed = torch.stack([ramp, ramp.flip(0), ramp.flip(0)]).reshape(1, 3, 8, 8)
+    plain = soft_colour_statistics(torch.cat([grey, mixed]))
+    assert torch.allclose(plain[0, :-1], plain[1, :-1], atol=1e-6)  # only the saturation term differs
+    cross = soft_colour_statistics(torch.cat([grey, mixed]), cross_channel=True)
+    assert cross.shape == (2, SOFT_FEATURES + CROSS_FEATURES)
+    assert torch.allclose(cross[:, :SOFT_FEATURES], plain)  # the plain statistics come first, unchanged
+    extra = cross[:, SOFT_FEATURES:]
+    assert extra[0, -3:].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)  # grey: channels move together
+    assert extra[1, -3:].tolist() == pytest.approx([-1.0, -1.0, 1.0], abs=1e-4)
+    assert (extra[0, :-3] - extra[1, :-3]).abs().max() > 0.2  # the opponent marginals tell them apart
+
+    critic = build_critic(CriticConfig(global_stats="only", cross_channel_stats=True))
+    real, fake = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    gradient_penalty(critic, real, fake, generator=torch.Generator().manual_seed(0)).backward()
+    assert critic(real).shape == (2,) and critic.stats[0].weight.grad is not None
+    with pytest.raises(ValueError, match="statistics branch"):
+        CriticConfig(cross_channel_stats=True)
