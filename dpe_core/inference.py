@@ -242,8 +242,11 @@ class Enhancer:
                     g = self.net.global_feature(batch).float()
                 # The global colour affine's and tone curve's inputs, from the whole photo (tiles would each see
                 # their own).
-                seen = batch if self.net.colour_prior is None else self.net.colour_prior(batch)  # what forward reads
-                stats = statistics_if_needed(seen, None, self.net.affine_mlp, self.net.post_curve)
+                stats = None
+                if self.net.affine_mlp is not None or self.net.post_curve is not None:
+                    prior = self.net.colour_prior
+                    seen = batch if prior is None else prior(batch)  # what forward reads
+                    stats = statistics_if_needed(seen, None, self.net.affine_mlp, self.net.post_curve)
                 post = None
                 if self.net.post_curve is not None:
                     with self._autocast():

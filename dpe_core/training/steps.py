@@ -167,10 +167,8 @@ def set_colour_prior(prior: ColourPrior, transport: QuantileColourTransport | Af
         ends = (transport.reference, transport.source) if inverse else (transport.source, transport.reference)
         prior.set_curves(*(ends[k].to(prior.curve_in) for k in (0, 1)))
         return
-    matrix = transport.inverse_matrix if inverse else transport.matrix
-    mean_in, mean_out = ((transport.reference_mean, transport.source_mean) if inverse
-                         else (transport.source_mean, transport.reference_mean))
-    prior.set_affine(matrix.to(prior.matrix), (mean_out - matrix @ mean_in).to(prior.offset))
+    matrix, offset = transport.matrix_and_offset(inverse)
+    prior.set_affine(matrix.to(prior.matrix), offset.to(prior.offset))
 
 
 class TwoWayGANStep(GANStep):

@@ -117,22 +117,25 @@ class AffineColourTransport:
         matrix = root_inv @ _symmetric_sqrt(root @ cov_r @ root) @ root_inv
         return cls(torch.from_numpy(matrix), torch.from_numpy(a.mean(0)), torch.from_numpy(b.mean(0)))
 
-    @staticmethod
-    def _map(images: torch.Tensor, matrix: torch.Tensor, mean_in: torch.Tensor, mean_out: torch.Tensor
-             ) -> torch.Tensor:
-        matrix, mean_in, mean_out = (t.to(images.device) for t in (matrix, mean_in, mean_out))
-        centred = images - mean_in.view(1, 3, 1, 1)
-        return (torch.einsum("ij,bjhw->bihw", matrix, centred) + mean_out.view(1, 3, 1, 1)).clamp(0.0, 1.0)
+    def matrix_and_offset(self, inverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """([3,3], [3]) with map(x) = clip(matrix x + offset, 0, 1); inverse: the map back (references -> sources)."""
+        if inverse:
+            return self.inverse_matrix, self.source_mean - self.inverse_matrix @ self.reference_mean
+        return self.matrix, self.reference_mean - self.matrix @ self.source_mean
+
+    def _map(self, images: torch.Tensor, inverse: bool) -> torch.Tensor:
+        matrix, offset = (t.to(images.device) for t in self.matrix_and_offset(inverse))
+        return (torch.einsum("ij,bjhw->bihw", matrix, images) + offset.view(1, 3, 1, 1)).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] source-like images in [0,1] -> the references' pooled colour mean and covariance."""
-        return self._map(images.float(), self.matrix, self.source_mean, self.reference_mean)
+        return self._map(images.float(), inverse=False)
 
     @torch.no_grad()
     def inverse(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] reference-like images -> the sources' colours (the map back, for G_Y)."""
-        return self._map(images.float(), self.inverse_matrix, self.reference_mean, self.source_mean)
+        return self._map(images.float(), inverse=True)
 
 
 def _require(sources: Sequence[torch.Tensor], references: Sequence[torch.Tensor]) -> None:
