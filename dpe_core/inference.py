@@ -98,7 +98,7 @@ from dpe_core.inference_options import (
     pick_device,
     pixel_dtype,
 )
-from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics, statistics_if_needed
+from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
 from dpe_core.threads import StripPool, available_cpus, strip_pool
@@ -246,7 +246,7 @@ class Enhancer:
                 if self.net.affine_mlp is not None or self.net.post_curve is not None:
                     prior = self.net.colour_prior
                     seen = batch if prior is None else prior(batch)  # what forward reads
-                    stats = statistics_if_needed(seen, None, self.net.affine_mlp, self.net.post_curve)
+                    stats = input_statistics(seen)
                 post = None
                 if self.net.post_curve is not None:
                     with self._autocast():
