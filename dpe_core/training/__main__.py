@@ -9,9 +9,40 @@ import argparse
 import json
 import logging
 import sys
+import time
 
+from dpe_core.inference import pick_device
 from dpe_core.training.config import TrainConfig
-from dpe_core.training.loop import export_model, train
+from dpe_core.training.loop import TrainingData, build_data, evaluate, export_model, train
+from dpe_core.training.steps import build_step
+
+log = logging.getLogger(__name__)
+
+
+def fit_to_budget(config: TrainConfig, data: TrainingData, seconds: float, probe: int = 40) -> TrainConfig:
+    """Scale config.steps (a multiple of checkpoint_every, at least one) to fill `seconds` of training.
+
+    Times `probe` iterations (the first min(10, probe/2) discarded: allocation, autotuning) of a throwaway copy
+    that saves nothing, plus one validation pass per eval_every; decay_start keeps its share of the steps.
+    """
+    times: list[float] = []
+    probe_config = config.model_copy(update={"steps": probe, "checkpoint_url": None, "eval_every": 10**9,
+                                             "log_every": 10**9})
+    train(probe_config, data=data, on_iteration=lambda r: times.append(r["seconds"]))
+    skip = min(10, probe // 2)
+    per_step = (times[-1] - times[skip - 1]) / (len(times) - skip)
+    eval_seconds = 0.0
+    if data.eval_pairs:
+        enhancer = build_step(config, pick_device(config.device)).enhancer
+        started = time.perf_counter()
+        evaluate(enhancer, data.eval_pairs)
+        eval_seconds = time.perf_counter() - started
+    per_step += eval_seconds / config.eval_every
+    every = config.checkpoint_every
+    steps = max(every, int(seconds / per_step) // every * every)
+    share = (config.decay_start if config.decay_start is not None else config.steps // 2) / config.steps
+    log.info("time budget %.0f s: %.4f s per iteration (validation included) -> %d steps", seconds, per_step, steps)
+    return config.model_copy(update={"steps": steps, "decay_start": int(steps * share)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="1")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop after N iterations of this call (the lr schedule still follows 'steps')")
+    parser.add_argument(
+        "--time-budget", type=float, default=None, metavar="SECONDS",
+        help="fit 'steps' to this much training time (a lent machine's lease): a short probe measures the seconds "
+             "per iteration on this machine, then steps (and decay_start, in proportion) are scaled to fill it")
     parser.add_argument(
         "--set",
         action="append",
@@ -37,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         raw[key] = json.loads(value)
     config = TrainConfig.model_validate(raw)
-    result = train(config, stop_after=args.stop_after)
+    data = None
+    if args.time_budget:
+        data = build_data(config)
+        config = fit_to_budget(config, data, args.time_budget)
+    result = train(config, stop_after=args.stop_after, data=data)
     print(json.dumps({"iteration": result.iteration, "seconds": round(result.seconds, 1)} | result.metrics))
     if args.export:
         info = export_model(result, args.export, args.name, args.version)
