@@ -1,0 +1,31 @@
+#!/bin/bash
+# Here (the development machine): pack what a lent, offline GPU machine needs into two folders that git ignores.
+#   bash deploy/offline-gpu/prepare.sh BASE_CONFIG.json
+# .gpudata/: the base config's photos at load size (python -m dpe_core.training.pack; never the test split), one
+# config per candidate of candidates.json, the 12 MP photo the speed benchmarks read. .whl/: the wheels the
+# GPU image lacks (its python has torch, numpy, pillow, safetensors, fsspec; not pydantic or exifread).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BASE=${1:?usage: prepare.sh BASE_CONFIG.json}
+PY=${PY:-.venv/bin/python}
+mkdir -p .git/info
+for d in /.gpudata/ /.whl/; do grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
+rm -rf .gpudata .whl
+$PY -m dpe_core.training.pack "$BASE" .gpudata
+$PY - <<'PY'
+import json
+base = json.load(open(".gpudata/train_config.json"))
+spec = json.load(open("deploy/offline-gpu/candidates.json"))
+for name, update in spec["runs"].items():
+    config = base | spec["common"] | update | {"checkpoint_url": f"/tmp/runs/{name}/checkpoints"}
+    json.dump(config, open(f".gpudata/{name}.json", "w"), indent=1)
+print("candidates:", " ".join(spec["runs"]))
+PY
+TESTDATA=${DPE_TESTDATA:-../shared/testdata}
+mkdir -p .gpudata/testdata/natural
+cp "$TESTDATA/natural/lomiri_sunset.jpg" .gpudata/testdata/natural/
+versions=$($PY -m pip list --format=freeze 2>/dev/null | grep -iE '^(pydantic|pydantic_core|annotated-types|typing-inspection|exifread)==' || true)
+# shellcheck disable=SC2086
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $versions
+du -sh .gpudata .whl
