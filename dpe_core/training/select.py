@@ -1,7 +1,7 @@
 """Choose a run's checkpoint on its validation scores and publish it as a model.
 
     python -m dpe_core.training.select CHECKPOINT_FOLDER --export DIR [--metric eval_psnr] [--min-noharm DB]
-    python -m dpe_core.training.select CHECKPOINT_FOLDER --average-from ITER [--export DIR]
+    python -m dpe_core.training.select CHECKPOINT_FOLDER --average-from ITER [--also FOLDER:ITER ...] [--export DIR]
 
 ``--average-from`` averages the generator weights of every checkpoint from ITER on (stochastic weight averaging
 over the learning-rate decay) and scores the average on the validation split: one checkpoint's score swings with
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -72,21 +73,33 @@ def export_checkpoint(sidecar_url: str, uri: str, name: str, version: str, card:
     return export_model(result, uri, name, version, (card or {}) | chosen, **storage_options)
 
 
-def average_checkpoints(folder: str, start: int, **storage_options) -> TrainResult:
+def average_checkpoints(folder: str, start: int, also: Sequence[tuple[str, int]] = (),
+                        **storage_options) -> TrainResult:
     """A run whose G_X holds the mean of G_X's floating tensors (weights and BN statistics) over every checkpoint
-    of `folder` with iteration >= start, scored on the run's validation pairs (metrics as the loop's)."""
-    chosen = [i for i in list_checkpoints(folder, **storage_options) if i >= start]
+    of `folder` with iteration >= start, scored on the run's validation pairs (metrics as the loop's).
+
+    ``also``: (folder, start) of further runs of the same network (e.g. other seeds fine-tuned from the same model)
+    whose checkpoints join the mean, each checkpoint weighing the same; the config and the validation pairs stay
+    those of `folder`'s run."""
+    chosen = [(folder, i) for i in list_checkpoints(folder, **storage_options) if i >= start]
     if not chosen:
         raise ValueError(f"{folder}: no checkpoint at or after iteration {start}")
-    last = checkpoint_urls(folder, chosen[-1])[1]
+    last = checkpoint_urls(folder, chosen[-1][1])[1]
+    for other, other_start in also:
+        more = [(other, i) for i in list_checkpoints(other, **storage_options) if i >= other_start]
+        if not more:
+            raise ValueError(f"{other}: no checkpoint at or after iteration {other_start}")
+        chosen += more
     step = load_step(last, **storage_options)
+    state = step.g_x.state_dict()
     sums: dict[str, torch.Tensor] = {}
-    for iteration in chosen:
-        _, tensors = read_checkpoint(checkpoint_urls(folder, iteration)[1], **storage_options)
+    for run, iteration in chosen:
+        _, tensors = read_checkpoint(checkpoint_urls(run, iteration)[1], **storage_options)
         for key, value in tensors.items():
             if key.startswith("g_x.") and value.is_floating_point():
+                if key[4:] not in state or state[key[4:]].shape != value.shape:
+                    raise ValueError(f"{run} step {iteration}: {key[4:]} does not match {folder}'s network")
                 sums[key[4:]] = sums.get(key[4:], 0) + value.double()
-    state = step.g_x.state_dict()
     step.g_x.load_state_dict(state | {k: (v / len(chosen)).to(state[k].dtype) for k, v in sums.items()})
     data = build_data(step.config)
     metrics = evaluate(step.enhancer, data.eval_pairs)
@@ -104,15 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="1")
     parser.add_argument("--average-from", type=int, default=None,
                         help="average G_X over the checkpoints from this iteration on (and export that)")
+    parser.add_argument("--also", action="append", default=[], metavar="FOLDER:ITER",
+                        help="with --average-from: add another run's checkpoints from ITER on to the mean "
+                             "(same network, e.g. another seed from the same start; repeatable)")
     args = parser.parse_args(argv)
+    if args.also and args.average_from is None:
+        parser.error("--also needs --average-from")
     if args.average_from is not None:
-        result = average_checkpoints(args.folder, args.average_from)
+        also = [(spec.rsplit(":", 1)[0], int(spec.rsplit(":", 1)[1])) for spec in args.also]
+        result = average_checkpoints(args.folder, args.average_from, also)
         m = result.metrics
         print(f"average of {m['averaged_checkpoints']} checkpoints from {args.average_from}: "
               + " ".join(f"{k}={m[k]:.3f}" for k in sorted(m) if k.startswith("eval_")))
         if args.export:
             info = export_model(result, args.export, args.name, args.version,
-                                {"averaged_from": args.average_from, "averaged_checkpoints": m["averaged_checkpoints"]})
+                                {"averaged_from": args.average_from, "averaged_checkpoints": m["averaged_checkpoints"]}
+                                | ({"averaged_also": args.also} if args.also else {}))
             print(f"exported {info.name} v{info.version} to {args.export}")
         return 0
     for row in checkpoint_scores(args.folder):

@@ -179,3 +179,11 @@ def test_checkpoint_choice_uses_validation_scores_and_export_names_the_test_spli
         assert torch.allclose(state[key].double(), expected, atol=1e-7)
     with pytest.raises(ValueError, match="no checkpoint"):
         average_checkpoints(str(tmp_path / "ckpt"), start=7)
+    # Checkpoints of another run (here: the same folder again, from step 3) join the mean one checkpoint, one
+    # share: {6} + {4, 6} -> (6 + 4 + 6) / 3, scored on the first run's validation pairs.
+    pooled = average_checkpoints(str(tmp_path / "ckpt"), start=5, also=[(str(tmp_path / "ckpt"), 3)])
+    assert pooled.metrics["averaged_checkpoints"] == 3
+    expected = (four["g_x.out2.bias"].double() + 2 * six["g_x.out2.bias"].double()) / 3
+    assert torch.allclose(pooled.step.g_x.state_dict()["out2.bias"].double(), expected, atol=1e-7)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        average_checkpoints(str(tmp_path / "ckpt"), start=5, also=[(str(tmp_path / "ckpt"), 9)])
