@@ -68,6 +68,17 @@ def test_pack_refuses_configs_it_cannot_move(tmp_path):
         pack(paired, tmp_path / "packed")
 
 
+def test_pack_never_writes_where_the_photos_are(tmp_path, degrade_config):
+    main = tmp_path / "main"
+    before = sorted(p.name for p in main.iterdir())
+    (tmp_path / "link").symlink_to(main)
+    for out in (main, main / "packed", tmp_path, tmp_path / "link" / "packed", tmp_path / "extra" / "sub"):
+        with pytest.raises(ValueError, match="overlaps the photo folder"):
+            pack(degrade_config, out)
+    assert sorted(p.name for p in main.iterdir()) == before  # not a file added or replaced
+    assert not (tmp_path / "extra" / "sub").exists()
+
+
 def test_time_budget_sets_whole_checkpoint_intervals_and_keeps_the_decay_share(degrade_config):
     config = degrade_config.model_copy(update={"steps": 400, "decay_start": 300, "checkpoint_every": 20,
                                               "eval_every": 20})
