@@ -9,12 +9,9 @@ import argparse
 import json
 import logging
 import sys
-import time
 
-from dpe_core.inference import pick_device
 from dpe_core.training.config import TrainConfig
-from dpe_core.training.loop import TrainingData, build_data, evaluate, export_model, train
-from dpe_core.training.steps import build_step
+from dpe_core.training.loop import TrainingData, build_data, export_model, train
 
 log = logging.getLogger(__name__)
 
@@ -23,21 +20,20 @@ def fit_to_budget(config: TrainConfig, data: TrainingData, seconds: float, probe
     """Scale config.steps (a multiple of checkpoint_every, at least one) to fill `seconds` of training.
 
     Times `probe` iterations (the first min(10, probe/2) discarded: allocation, autotuning) of a throwaway copy
-    that saves nothing, plus one validation pass per eval_every; decay_start keeps its share of the steps.
+    that saves nothing; its last iteration runs the validation pass, whose cost is charged once per eval_every.
+    decay_start keeps its share of the steps.
     """
+    if probe < 4:
+        raise ValueError(f"a time-budget probe needs at least 4 iterations, got {probe}")
     times: list[float] = []
     probe_config = config.model_copy(update={"steps": probe, "checkpoint_url": None, "eval_every": 10**9,
                                              "log_every": 10**9})
     train(probe_config, data=data, on_iteration=lambda r: times.append(r["seconds"]))
     skip = min(10, probe // 2)
-    per_step = (times[-1] - times[skip - 1]) / (len(times) - skip)
-    eval_seconds = 0.0
+    # times[-1] also holds the validation the loop runs at its last iteration: the step rate stops one before.
+    per_step = (times[-2] - times[skip - 1]) / (len(times) - 1 - skip)
     if data.eval_pairs:
-        enhancer = build_step(config, pick_device(config.device)).enhancer
-        started = time.perf_counter()
-        evaluate(enhancer, data.eval_pairs)
-        eval_seconds = time.perf_counter() - started
-    per_step += eval_seconds / config.eval_every
+        per_step += max(0.0, times[-1] - times[-2] - per_step) / config.eval_every
     every = config.checkpoint_every
     steps = max(every, int(seconds / per_step) // every * every)
     share = (config.decay_start if config.decay_start is not None else config.steps // 2) / config.steps

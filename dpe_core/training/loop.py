@@ -217,6 +217,7 @@ def train(
     done_here = 0
     first_iteration = step.iteration
     latest: dict[str, Any] = {}  # every metric's latest value, for on_iteration
+    evaluated_at: int | None = None
     while step.iteration < config.steps and (stop_after is None or done_here < stop_after):
         step.set_lr(config.lr_at(step.iteration))
         new = step.step(data.train.batch(config.seed, step.iteration, config.batch_size))
@@ -226,6 +227,7 @@ def train(
         latest |= new
         if data.eval_pairs and (it % config.eval_every == 0 or it == config.steps):
             scores = evaluate(step.enhancer, data.eval_pairs)
+            evaluated_at = it
             metrics = metrics | scores
             latest |= scores
         if on_iteration:
@@ -246,7 +248,9 @@ def train(
             _save_progress(config, unsaved)
     if config.checkpoint_url and unsaved:
         _save_progress(config, unsaved)
-    final = metrics | (evaluate(step.enhancer, data.eval_pairs) if data.eval_pairs else {})
+    # The last iteration's validation already ran in the loop unless the call stopped early or had nothing to do.
+    fresh = data.eval_pairs and evaluated_at != step.iteration
+    final = metrics | (evaluate(step.enhancer, data.eval_pairs) if fresh else {})
     return TrainResult(
         step.iteration, final, last_checkpoint, step, data, time.perf_counter() - started, resumed_from, history
     )
