@@ -15,7 +15,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.paths import printable
+from dpe_core.io.places import printable
 
 MAX_FAILURES_LISTED = 50
 

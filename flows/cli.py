@@ -145,8 +145,8 @@ def _finish(state, what: str) -> dict[str, Any]:
             error = state.result(raise_on_failure=False)
         except Exception as exc:  # the result may be unavailable
             error = exc
+        from dpe_core.io.places import DestinationError
         from flows.cluster import ClusterError
-        from tasks.paths import DestinationError
         from tasks.registry import ModelNotFound
 
         usage = isinstance(error, ValidationError | ModelNotFound | ClusterError | DestinationError)
@@ -238,7 +238,7 @@ def _absolute(url: str) -> str:
 def _precheck_destinations(source_url: str, destinations: list[tuple[str, str]]) -> None:
     """Exit 2 before any work when a destination is the source, lies inside it or contains it (real paths:
     symlinks, '..', '//', file://, bind mounts; object stores: protocol family and normalised keys)."""
-    from tasks.paths import DestinationError, check_destinations
+    from dpe_core.io.places import DestinationError, check_destinations
 
     try:
         check_destinations(source_url, destinations)
@@ -247,7 +247,7 @@ def _precheck_destinations(source_url: str, destinations: list[tuple[str, str]])
 
 
 def _precheck_source(url: str) -> None:
-    from tasks.paths import Place
+    from dpe_core.io.places import Place
 
     try:
         place = Place.parse(url)

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
+from dpe_core.io.places import artifact_key, check_destinations, join
 from flows.artifacts import Progress, counts_table, publish_summary, summary_markdown
 from flows.cluster import ClusterInfo, dask_cluster
 from flows.outcome import counts_words, final_state, log_failures, na
@@ -33,7 +34,6 @@ from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
 from tasks.lease import DestinationLock, describe
 from tasks.listing import Listing
 from tasks.manifest import clear_records, load_state, merge_state, records_root, run_url, write_manifest
-from tasks.paths import artifact_key, check_destinations, join
 from tasks.plan import Plan, WorkItem, plan, settings_key
 from tasks.registry import ModelRef, resolve
 from tasks.sharding import lpt_shards

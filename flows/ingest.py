@@ -23,6 +23,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 
+from dpe_core.io.places import artifact_key, check_destinations, join, printable
 from flows.artifacts import Progress, publish_summary
 from flows.cluster import dask_cluster
 from flows.outcome import final_state, log_failures
@@ -31,7 +32,6 @@ from flows.progress import RunProgress, announce_run, emit
 from tasks.ingest import COPIES_DIR, IngestJob, IngestResult, IngestShard, copy_rel, ingest_shard
 from tasks.jsonl import dumps_json, dumps_jsonl, read_jsonl
 from tasks.listing import FileEntry, Listing, list_sizes
-from tasks.paths import artifact_key, check_destinations, join, printable
 from tasks.plan import name_conflicts
 from tasks.storage import STORAGE_RETRIES, list_inputs
 from tasks.storage_options import use_storage_block

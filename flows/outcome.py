@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect.states import Completed, State
 
-from tasks.paths import printable
+from dpe_core.io.places import printable
 
 FAILURES_STATE = "Completed with failures"
 # Prefect's dashboard counts failed runs by state *type* and its deployment Runs tab filters by state *name*;

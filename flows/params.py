@@ -41,7 +41,7 @@ def _norm(url: str) -> str:
 def _lexical_destination_check(source_url: str, destinations: list[tuple[str, str]]) -> None:
     """Refuse a destination that is the source, lies inside it or contains it, by the URLs alone ('..', '//',
     'file://', scheme case, s3/s3a); the flows and the CLI check again with real paths (symlinks, inodes)."""
-    from tasks.paths import DestinationError, check_destinations
+    from dpe_core.io.places import DestinationError, check_destinations
 
     try:
         check_destinations(source_url, destinations, resolve=False)
@@ -56,7 +56,7 @@ def _lexical_destination_check(source_url: str, destinations: list[tuple[str, st
 
 
 def _lower_scheme(url: str) -> str:
-    from tasks.paths import normalize_url
+    from dpe_core.io.places import normalize_url
 
     return normalize_url(url)
 

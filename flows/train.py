@@ -21,12 +21,12 @@ from fsspec.core import url_to_fs
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
+from dpe_core.io.places import artifact_key, join
 from flows.artifacts import Progress, publish_summary
 from flows.cluster import cpu_count, dask_cluster
 from flows.ingest import copies_url, ingest_dataset
 from flows.params import IngestParams, TrainParams, default_registry, dpe_home
 from flows.progress import TrainingProgress, announce_run, emit
-from tasks.paths import artifact_key, join
 from tasks.registry import model_uri, next_version, publish, read_index
 from tasks.storage import STORAGE_RETRIES
 from tasks.storage_options import use_storage_block

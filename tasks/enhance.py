@@ -25,9 +25,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
+from dpe_core.io.places import join
 from tasks.jsonl import dumps_jsonl, now_iso, read_json, read_jsonl
 from tasks.listing import read_input, source_place
-from tasks.paths import join
 from tasks.photo_pipeline import PhotoPipeline, nbytes
 from tasks.plan import WorkItem, format_for_output
 from tasks.progress import ShardProgress

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tasks.paths import Place, rel_problem
+from dpe_core.io.places import Place, rel_problem
 from tasks.writer import TMP_PREFIX
 
 # Input formats -> file extensions (lower case). "mpo" is a JPEG with extra frames (stereo cameras).

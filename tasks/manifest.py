@@ -20,8 +20,8 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
+from dpe_core.io.places import join
 from tasks.jsonl import dumps_jsonl, loads_jsonl, read_jsonl
-from tasks.paths import join
 from tasks.writer import GuardedWriter, guarded_writer
 
 STATE_DIR = ".dpe"  # bookkeeping folder inside a destination: manifest, shard records, run reports

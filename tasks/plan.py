@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpe_core.io.places import name_key, rel_problem
 from tasks.listing import FileEntry
 from tasks.manifest import STATE_DIR
-from tasks.paths import name_key, rel_problem
 from tasks.writer import TMP_PREFIX
 
 OUTPUT_EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "webp": ".webp"}

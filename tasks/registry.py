@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from dpe_core.io.places import join
 from tasks.jsonl import dumps_json, now_iso, read_json
-from tasks.paths import join
 
 INDEX = "index.json"
 FORMAT = "dpe.registry"

@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.paths import artifact_key
+from dpe_core.io.places import artifact_key
 from tasks.progress import TRAIN_REPORT_EVERY_S, Reporter
 from tasks.storage_options import use_storage_block
 

@@ -4,7 +4,7 @@ records, reports, manifests, summaries) goes through ``GuardedWriter.write``.
 It refuses, with ``WriteRefused`` ("refusing to write X because ..."; a per-file error record in a shard, never a
 retry), a target that
 
-* is not a plain relative name under the destination ('..', '.', empty or absolute parts: tasks.paths.rel_problem);
+* is not a plain relative name under the destination ('..', '.', empty or absolute parts: places.rel_problem);
 * lies in a source (the destination is a source, inside one, or contains one; a folder on the way is a source
   folder under another name, e.g. a bind mount);
 * is reached through a symbolic link inside the destination (a pre-existing ``DST/2004 -> SRC/2004`` is never
@@ -21,7 +21,7 @@ import functools
 import os
 from collections.abc import Sequence
 
-from tasks.paths import Place, destination_problem, normalize_url, rel_problem
+from dpe_core.io.places import Place, destination_problem, normalize_url, rel_problem
 
 __all__ = ["GuardedWriter", "WriteRefused", "guarded_writer", "TMP_PREFIX"]
 
@@ -105,7 +105,7 @@ class GuardedWriter:
         return self.location(rel)
 
     def write_url(self, url: str, data: bytes) -> str:
-        """Write to a URL built with tasks.paths.join from the destination URL (bookkeeping files)."""
+        """Write to a URL built with dpe_core.io.places.join from the destination URL (bookkeeping files)."""
         base = self.dest.url.rstrip("/") + "/"
         url = normalize_url(url)
         if not url.startswith(base):

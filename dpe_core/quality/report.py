@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dpe_core.io.places import Place, relation
 from dpe_core.quality.baselines import BASELINES
 from dpe_core.quality.degradations import SINGLE_DEFECTS, benchmark_degradations
 from dpe_core.quality.family_b import benchmark_defects_b
@@ -317,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
         models[f"model {reference}"] = method
         split = split or model_test_split(enhancer)
     folder = args.photos or default_photos_dir()
+    if args.out is not None:
+        sheets, originals = Place.parse(str(args.out)), Place.parse(str(folder))
+        if relation(originals, sheets):
+            print(f"dpe quality: --out {args.out} ({sheets.canonical}) overlaps the photo folder {folder} "
+                  f"({originals.canonical}): choose a folder apart from the photos, originals are never written",
+                  file=sys.stderr)
+            return 2
     names = None if args.all_photos or not split or args.photos is not None else split
     if args.names:
         names = [n.strip() for n in args.names.split(",") if n.strip()]

@@ -20,6 +20,7 @@ from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelInfo, load_model, save_model
 from dpe_core.quality.degradations import benchmark_degradations
 from dpe_core.quality.metrics import psnr
+from dpe_core.training.apart import check_apart_from_photos
 from dpe_core.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dpe_core.training.config import TrainConfig
 from dpe_core.training.data import DegradedPairData, PairedData, PhotoSet, UnpairedData, list_images
@@ -191,6 +192,8 @@ def train(
     (GAN modes update the generator's losses only every N-th iteration; held-out scores every eval_every): cheap
     to build, the caller throttles what it does with it (tasks/train.py sends it on at most once a second).
     """
+    if config.checkpoint_url:
+        check_apart_from_photos(config.data, config.checkpoint_url, "checkpoint folder")
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
@@ -270,8 +273,11 @@ def _save_progress(config: TrainConfig, unsaved: list[dict[str, Any]]) -> None:
 def export_model(
     result: TrainResult, uri: str, name: str, version: str, card: dict[str, Any] | None = None, **storage_options
 ) -> ModelInfo:
-    """Publish the enhancer generator (G_X) of a run as a model file (safetensors + JSON sidecar)."""
+    """Publish the enhancer generator (G_X) of a run as a model file (safetensors + JSON sidecar).
+
+    Raises DestinationError (a ValueError) when uri is, lies inside or holds a folder of the run's photos."""
     config = result.step.config
+    check_apart_from_photos(config.data, uri, "model folder")
     info = ModelInfo(
         name=name,
         version=version,

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import posixpath
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dpe_core.io.storage import filesystem, is_local
+from dpe_core.training.apart import check_apart_from_photos
 from dpe_core.training.config import TrainConfig
 from dpe_core.training.data import list_images, load_rgb
 
@@ -45,20 +44,6 @@ def _write_png(url: str, path: Path, long_side: int) -> None:
     tmp.replace(path)
 
 
-def _check_apart(out: Path, folders: list[str], storage_options: dict) -> None:
-    """Refuse an output folder that is a local photo folder, lies inside one or holds one: packing writes PNGs
-    under names it chooses, and originals are never written."""
-    target = os.path.realpath(out)
-    for url in folders:
-        fs, path = filesystem(url, **storage_options)
-        if not is_local(fs):
-            continue
-        source = os.path.realpath(path)
-        if os.path.commonpath([target, source]) in (target, source):
-            raise ValueError(f"pack: the output folder {out} ({target}) overlaps the photo folder {url} ({source}); "
-                             f"choose a folder apart from the originals")
-
-
 def pack(config: TrainConfig, out_dir: str | Path, root: str | None = None) -> TrainConfig:
     """Write the photos CONFIG reads (at data.load_size, PNG) under out_dir; return the config that reads them.
 
@@ -69,8 +54,7 @@ def pack(config: TrainConfig, out_dir: str | Path, root: str | None = None) -> T
     if not d.degrade_url:
         raise ValueError("pack handles degrade_url configs only (paired/two-way folders can be copied as they are)")
     out = Path(out_dir)
-    extra_folders = [posixpath.dirname(u) for u in (*d.extra_train_urls, *d.extra_val_urls)]
-    _check_apart(out, [d.degrade_url, *extra_folders], d.storage_options)
+    check_apart_from_photos(d, str(out), "output folder")
     prefix = (root or str(out)).rstrip("/")
     long_side = d.load_size or config.image_size
     excluded = set(d.exclude_names)

@@ -39,6 +39,7 @@ from dpe_core.losses import psnr_loss
 from dpe_core.nn import build_generator
 from dpe_core.nn.generator import GlobalUNetGenerator, global_colour_affine, input_statistics, load_widened
 from dpe_core.nn.modelfile import ModelInfo, load_model, save_model
+from dpe_core.training.apart import check_apart_from_photos
 from dpe_core.training.config import TrainConfig
 from dpe_core.training.loop import build_data, evaluate
 
@@ -60,7 +61,8 @@ def refit_head(config: TrainConfig, model_uri: str, steps: int, out: str | Path,
     0) with the rest frozen; write the files named in the module docstring; return the chosen candidate's row
     {"step" | "average_from", metrics...}. head "affine" needs a model with the colour affine (ValueError
     otherwise); "post_curve" adds a zero-initialised output tone curve of `knots` knots per channel when the model
-    has none (the widened model starts as the saved one)."""
+    has none (the widened model starts as the saved one). Raises DestinationError (a ValueError) when out is,
+    lies inside or holds a folder of the photos, before anything is written."""
     generator, info = load_model(model_uri)
     torch.manual_seed(config.seed)
     if head == "post_curve" and generator.post_curve is None:
@@ -72,6 +74,7 @@ def refit_head(config: TrainConfig, model_uri: str, steps: int, out: str | Path,
         raise ValueError(f"model {model_uri!r} has no global colour affine (GeneratorConfig.global_affine) to refit")
     if config.threads:
         torch.set_num_threads(config.threads)
+    check_apart_from_photos(config.data, str(out), "output folder")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     history_file = out / "history.jsonl"

@@ -17,7 +17,7 @@ import unicodedata
 
 from PIL import Image
 
-from tasks.paths import artifact_key
+from dpe_core.io.places import artifact_key
 from tests.conftest import REPO, dpe_command
 from tests.reliability.fixtures_files import tiny_jpeg, tiny_png, tree_fingerprint, write
 from tests.tasks.helpers import latest_report

@@ -9,8 +9,8 @@ import unicodedata
 import fsspec
 import pytest
 
+from dpe_core.io.places import DestinationError, Place, check_destinations, relation
 from tasks.listing import FileEntry, read_input, scan
-from tasks.paths import DestinationError, Place, check_destinations, relation
 from tasks.plan import plan
 from tasks.writer import GuardedWriter, WriteRefused
 from tests.reliability.fixtures_files import tiny_jpeg, tree_fingerprint, write

@@ -13,7 +13,8 @@ Identity, used to tell whether two URLs are the same place, one inside the other
 * object stores and other filesystems: the filesystem's protocol family (``s3`` and ``s3a`` are one), the path with
   ``//``, ``.`` and ``..`` collapsed (conservative: two spellings that *might* be one place count as one).
 
-No Prefect, no torch: the flow process, the CLI and the workers import this module.
+No Prefect, no torch: the flow process, the CLI, the workers and dpe_core's own writers (training exports,
+checkpoints, packs, quality sheets) import this module.
 """
 
 from __future__ import annotations
