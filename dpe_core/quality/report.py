@@ -111,26 +111,28 @@ class QualityResult:
 
 def evaluate(photos: Sequence[tuple[str, np.ndarray]], family: str, models: dict[str, Method],
              baselines: dict[str, Method] | None = None, keep_samples: int = 4, noharm: bool = True,
-             draws: int = 1) -> QualityResult:
+             draws: int = 1, first_draw: int = 0) -> QualityResult:
     """Damage each photo with the family's fixed draws, restore it with every baseline and model, score it.
 
     photos: (name, HxWx3 float32 in [0,1]); models: name -> method. Each photo gets `draws` different fixed
     draws (draw k of photo i is the family's draw k*len(photos) + i, so draws=1 is the single-draw benchmark);
-    more draws average out how lucky one draw is for one method. keep_samples photos keep their first draw's
-    images for a contact sheet (damaged, each model's output, original). No-harm is scored once per photo.
+    more draws average out how lucky one draw is for one method. first_draw skips that many draws per photo (fresh
+    draws for a confirmation after the first ones were looked at). keep_samples photos keep their first scored
+    draw's images for a contact sheet (damaged, each model's output, original). No-harm is scored once per photo.
+    Scores are listed draw by draw: entry j is photo j % len(photos).
     """
-    if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
+    if draws < 1 or first_draw < 0:
+        raise ValueError(f"draws must be >= 1 and first_draw >= 0, got {draws} and {first_draw}")
     baselines = BASELINES if baselines is None else baselines
     methods = dict(baselines) | dict(models)
     count = len(photos)
-    defects = family_defects(family, count * draws)
+    defects = family_defects(family, count * (first_draw + draws))
     scores = {name: MethodScores() for name in methods}
     samples: list[dict[str, np.ndarray]] = []
     started = time.perf_counter()
     for k, i in ((k, i) for k in range(draws) for i in range(count)):
         name, original = photos[i]
-        defect = defects[k * count + i]
+        defect = defects[(first_draw + k) * count + i]
         damaged = defect.apply(torch.from_numpy(original).permute(2, 0, 1)).permute(1, 2, 0).contiguous().numpy()
         sample = {"damaged": damaged, "original": original} if k == 0 and len(samples) < keep_samples else None
         for method_name, method in methods.items():
@@ -212,15 +214,36 @@ def paired_difference(candidate: Sequence[float], reference: Sequence[float]) ->
     return float(diff.mean()), se, int(diff.size)
 
 
+def per_photo_difference(candidate: Sequence[float], reference: Sequence[float], photos: int
+                         ) -> tuple[float, float, int]:
+    """(mean, standard error, photos) of candidate - reference averaged per photo first (dB; entry j is photo
+    j % photos). Several draws of one photo are not independent evidence: a model that suits a photo suits most
+    of its draws, so this standard error, over photos, is the one to trust when draws > 1."""
+    diff = np.minimum(np.asarray(candidate, np.float64), 100.0) - np.minimum(np.asarray(reference, np.float64), 100.0)
+    if diff.size == 0 or diff.size % photos:
+        raise ValueError(f"{diff.size} paired scores do not split into {photos} photos")
+    means = diff.reshape(-1, photos).mean(axis=0)
+    se = float(means.std(ddof=1) / np.sqrt(photos)) if photos > 1 else float("nan")
+    return float(means.mean()), se, photos
+
+
 def format_paired(result: QualityResult, models: Sequence[str]) -> str:
-    """Each model after the first against the first, pair by pair: PSNR (restore) and no-harm, mean +- SE."""
+    """Each model after the first against the first, pair by pair: PSNR (restore) and no-harm, mean +- SE; with
+    several draws per photo also the standard error over photos (per-photo means)."""
     reference = result.scores[models[0]]
     lines = [f"paired against {models[0]} (mean difference +- standard error over the same pairs, dB):"]
     for name in models[1:]:
         scores = result.scores[name]
-        mean, se, count = paired_difference([r[0] for r in scores.restore], [r[0] for r in reference.restore])
+        ours, theirs = [r[0] for r in scores.restore], [r[0] for r in reference.restore]
+        mean, se, count = paired_difference(ours, theirs)
         wins = sum(a[0] > b[0] for a, b in zip(scores.restore, reference.restore, strict=True))
         line = f"  {name}: PSNR {mean:+.3f} +- {se:.3f} over {count} pairs ({wins} better)"
+        photos = len(result.photos)
+        if count > photos:
+            _, photo_se, _ = per_photo_difference(ours, theirs, photos)
+            photo_wins = int((np.asarray(ours).reshape(-1, photos).mean(0)
+                              > np.asarray(theirs).reshape(-1, photos).mean(0)).sum())
+            line += f", +- {photo_se:.3f} over {photos} photos ({photo_wins} better)"
         if scores.noharm and reference.noharm:
             nh_mean, nh_se, nh_count = paired_difference(scores.noharm, reference.noharm)
             line += f"; no-harm {nh_mean:+.3f} +- {nh_se:.3f} over {nh_count} photos"
@@ -302,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     parser.add_argument("--draws", type=int, default=1, help="fixed defect draws per photo (1: the single-draw "
                         "benchmark; more average out lucky draws)")
+    parser.add_argument("--skip-draws", type=int, default=0, metavar="K",
+                        help="start at each photo's draw K+1: fresh draws to confirm a comparison that was "
+                             "looked at on the first K")
     parser.add_argument("--per-defect", action="store_true", help="also a table of single defects (one at a time, "
                         "both directions): which ones each method corrects")
     args = parser.parse_args(argv)
@@ -340,10 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"photos: {len(photos)} from {folder}" + (" (the model's test split)" if names and not args.names else "")
           + (f", long side <= {args.max_side}" if args.max_side else ", full resolution")
           + f"; mode {args.mode}" + (f", strength {args.strength}" if args.strength is not None else "")
-          + (f"; {args.draws} defect draws per photo" if args.draws > 1 else ""))
+          + (f"; {args.draws} defect draws per photo" if args.draws > 1 else "")
+          + (f" (draws {args.skip_draws + 1}-{args.skip_draws + args.draws})" if args.skip_draws else ""))
     noharm: dict[str, list[float]] | None = None  # the same for every family: scored once
     for family in families:
-        result = evaluate(photos, family, models, noharm=noharm is None, draws=max(1, args.draws))
+        result = evaluate(photos, family, models, noharm=noharm is None, draws=max(1, args.draws),
+                          first_draw=max(0, args.skip_draws))
         if noharm is None:
             noharm = {name: scores.noharm for name, scores in result.scores.items()}
         else:

@@ -135,6 +135,22 @@ def test_several_draws_per_photo_extend_the_single_draw_benchmark():
     assert len(three.scores["identity"].noharm) == 2  # no-harm once per photo, not per draw
     with pytest.raises(ValueError, match="draws"):
         evaluate(photos, "A", model, draws=0)
+    fresh = evaluate(photos, "A", model, keep_samples=0, draws=2, first_draw=1)  # draws 2-3: none seen before
+    assert fresh.scores["identity"].restore == restore_three[2:]
+
+
+def test_per_photo_error_does_not_count_draws_of_one_photo_as_independent():
+    from dpe_core.quality.report import paired_difference, per_photo_difference
+
+    # Photo 0 gains 1 dB on every draw, photo 1 loses 0.6 dB on every draw (entry j is photo j % 2).
+    gains = np.array([1.0, -0.6] * 8)
+    reference = np.full(16, 25.0)
+    pair_mean, pair_se, _ = paired_difference(reference + gains, reference)
+    photo_mean, photo_se, photos = per_photo_difference(reference + gains, reference, 2)
+    assert photos == 2 and photo_mean == pytest.approx(pair_mean) == pytest.approx(0.2)
+    assert pair_se < 0.25 < photo_se == pytest.approx(0.8)  # 16 pairs look decisive; 2 photos are not
+    with pytest.raises(ValueError, match="split into 3 photos"):
+        per_photo_difference(reference, reference, 3)
 
 
 def test_paired_comparison_separates_a_small_steady_gain_from_noise():
@@ -159,6 +175,7 @@ def test_paired_comparison_separates_a_small_steady_gain_from_noise():
     result = evaluate(photos, "A", models, keep_samples=0, draws=2)
     text = format_paired(result, list(models))
     assert "model grey" in text and "over 6 pairs" in text and "no-harm -" in text and "over 3 photos" in text
+    assert text.count("over 3 photos") == 2  # with 2 draws per photo, the error over photos is printed too
     grey = [r[0] for r in result.scores["model grey"].restore]
     same = [r[0] for r in result.scores["model same"].restore]
     assert f"{np.mean(np.subtract(grey, same)):+.3f}" in text
