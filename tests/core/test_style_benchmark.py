@@ -201,3 +201,24 @@ def test_extra_photos_join_sources_and_references_never_the_test_set(tmp_path):
     (more / "m4.png").unlink()  # a photo gone: its stale link goes, the others stay
     assert "m4.png" not in link_photo_pool([natural, more], pool)
     assert not (pool / "m4.png").exists() and (pool / "m0.png").is_symlink()
+
+
+def test_style_benchmark_refuses_a_work_folder_among_the_photos(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    natural = tmp_path / "testdata" / "natural"
+    natural.mkdir(parents=True)
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(natural / "a.png")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (tmp_path / "alias").symlink_to(natural)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "style.py"
+    env = os.environ | {"DPE_TESTDATA": str(tmp_path / "testdata")}
+    for work, more in ((natural / "work", []), (tmp_path / "alias", []), (extra / "w", ["--extra-photos", str(extra)])):
+        run = subprocess.run([sys.executable, str(script), "--work", str(work), *more], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "overlaps the photo folder" in run.stderr, run.stderr
+    assert sorted(p.name for p in natural.iterdir()) == ["a.png"] and list(extra.iterdir()) == []
