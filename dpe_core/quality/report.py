@@ -251,6 +251,23 @@ def format_paired(result: QualityResult, models: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def format_per_photo(result: QualityResult, models: Sequence[str]) -> str:
+    """One row per photo: its mean PSNR over the draws for the first model, and each other model's mean difference
+    from it (dB), worst first for the second model: which photos a candidate loses on."""
+    photos = len(result.photos)
+    means = {name: np.minimum(np.asarray([r[0] for r in result.scores[name].restore], np.float64), 100.0)
+             .reshape(-1, photos).mean(axis=0) for name in models}
+    order = np.argsort(means[models[1]] - means[models[0]]) if len(models) > 1 else range(photos)
+    width = max(len(n) for n in result.photos)
+    lines = [f"per photo, family {result.family}, mean over draws (dB): column 1 {models[0]}"]
+    lines += [f"  column {k + 2}: {name} minus column 1" for k, name in enumerate(models[1:])]
+    lines.append(f"{'photo':<{width}} {'1':>7}" + "".join(f" {k + 2:>9}" for k in range(len(models) - 1)))
+    for i in order:
+        lines.append(f"{result.photos[i]:<{width}} {means[models[0]][i]:>7.2f}"
+                     + "".join(f" {means[n][i] - means[models[0]][i]:>+9.2f}" for n in models[1:]))
+    return "\n".join(lines)
+
+
 def contact_sheet(result: QualityResult, path: str | Path, height: int = 200) -> Path:
     """PNG with one row per sample photo: damaged | each model's output | original, labelled."""
     from PIL import Image, ImageDraw
@@ -328,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-draws", type=int, default=0, metavar="K",
                         help="start at each photo's draw K+1: fresh draws to confirm a comparison that was "
                              "looked at on the first K")
+    parser.add_argument("--per-photo", action="store_true",
+                        help="also each photo's mean over its draws and each model's difference from the first "
+                             "model's, worst first: which photos a candidate loses on")
     parser.add_argument("--per-defect", action="store_true", help="also a table of single defects (one at a time, "
                         "both directions): which ones each method corrects")
     args = parser.parse_args(argv)
@@ -382,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result))
         if len(models) > 1:
             print(format_paired(result, list(models)))
+        if args.per_photo:
+            print(format_per_photo(result, list(models)))
         if args.out:
             sheet = contact_sheet(result, args.out / f"contact-family-{family}.png")
             print(f"contact sheet: {sheet}")

@@ -139,6 +139,22 @@ def test_several_draws_per_photo_extend_the_single_draw_benchmark():
     assert fresh.scores["identity"].restore == restore_three[2:]
 
 
+def test_per_photo_table_lists_where_a_candidate_loses_worst_first():
+    from dpe_core.quality.report import evaluate, format_per_photo
+
+    rng = np.random.default_rng(8)
+    base = np.clip(rng.random((24, 32, 3)).astype(np.float32) * 0.6 + 0.2, 0, 1)
+    photos = [(f"p{i}.png", np.clip(base * (0.6 + 0.2 * i), 0, 1).astype(np.float32)) for i in range(3)]
+    models = {"model same": lambda image: image, "model grey": lambda image: image * 0.5 + 0.25}
+    result = evaluate(photos, "A", models, keep_samples=0, draws=2)
+    rows = format_per_photo(result, list(models)).splitlines()[4:]
+    same = np.asarray([r[0] for r in result.scores["model same"].restore]).reshape(2, 3).mean(0)
+    grey = np.asarray([r[0] for r in result.scores["model grey"].restore]).reshape(2, 3).mean(0)
+    worst_first = [f"p{i}.png" for i in np.argsort(grey - same)]
+    assert [row.split()[0] for row in rows] == worst_first
+    assert [float(row.split()[2]) for row in rows] == pytest.approx(sorted(grey - same), abs=0.006)
+
+
 def test_per_photo_error_does_not_count_draws_of_one_photo_as_independent():
     from dpe_core.quality.report import paired_difference, per_photo_difference
 
