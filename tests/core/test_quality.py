@@ -147,7 +147,7 @@ def test_per_photo_table_lists_where_a_candidate_loses_worst_first():
     photos = [(f"p{i}.png", np.clip(base * (0.6 + 0.2 * i), 0, 1).astype(np.float32)) for i in range(3)]
     models = {"model same": lambda image: image, "model grey": lambda image: image * 0.5 + 0.25}
     result = evaluate(photos, "A", models, keep_samples=0, draws=2)
-    rows = format_per_photo(result, list(models)).splitlines()[4:]
+    rows = format_per_photo(result, list(models)).splitlines()[3:]
     same = np.asarray([r[0] for r in result.scores["model same"].restore]).reshape(2, 3).mean(0)
     grey = np.asarray([r[0] for r in result.scores["model grey"].restore]).reshape(2, 3).mean(0)
     worst_first = [f"p{i}.png" for i in np.argsort(grey - same)]
