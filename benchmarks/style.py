@@ -38,7 +38,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dpe_core.io.places import Place, relation  # noqa: E402
+from dpe_core.io.places import DestinationError, check_apart  # noqa: E402
 from dpe_core.quality.looks import LOOKS  # noqa: E402
 from dpe_core.quality.report import load_photos  # noqa: E402
 from dpe_core.quality.style import (  # noqa: E402
@@ -194,11 +194,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the training status lines
 
     photos = TESTDATA / "natural"
-    work = Place.parse(str(args.work))
-    for folder in (photos, *args.extra_photos):
-        if relation(Place.parse(str(folder)), work):
-            parser.error(f"--work {args.work} overlaps the photo folder {folder}: it writes derived photos, links "
-                         f"and checkpoints there; choose a folder apart from the photos, originals are never written")
+    try:  # it writes derived photos, links and checkpoints under --work
+        check_apart(str(args.work), [str(f) for f in (photos, *args.extra_photos)], "work folder (--work)")
+    except DestinationError as exc:
+        parser.error(str(exc))
     names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     balance = mean_luminance(photos, names) if args.split != "shuffled" else None
     split = split_style_photos(names, test=args.test, seed=args.seed, balance=balance)

@@ -23,6 +23,7 @@ import os
 import posixpath
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -193,6 +194,21 @@ def destination_problem(source: Place, dest: Place, what: str = "destination") -
                 f"inside source_url; choose a folder outside the originals")
     return (f"the source {src} lies inside the {what} {dst} ({skey} is under {dkey}): source_url must not lie inside "
             f"dest_url (outputs could land on originals)")
+
+
+def check_apart(url: str, photo_folders: Sequence[str], what: str) -> None:
+    """Raise DestinationError when url, a folder about to be written (by a tool that is not a photo pipeline:
+    checkpoints, models, packs, contact sheets, benchmark work), is one of photo_folders under any name, lies inside
+    one or holds one. The message names both folders and their real identities."""
+    target = Place.parse(url)
+    for folder in photo_folders:
+        photos = Place.parse(folder)
+        where = relation(photos, target)
+        if where is not None:
+            how = {"same": "is that folder", "inside": "lies inside it", "contains": "holds it"}[where]
+            raise DestinationError(f"the {what} {url} ({target.canonical}) overlaps the photo folder {folder} "
+                                   f"({photos.canonical}): it {how}; choose a folder apart from the photos, "
+                                   f"originals are never written")
 
 
 def check_destinations(source_url: str, destinations: list[tuple[str, str]], resolve: bool = True) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpe_core.io.places import Place, relation
+from dpe_core.io.places import DestinationError, check_apart
 from dpe_core.quality.baselines import BASELINES
 from dpe_core.quality.degradations import SINGLE_DEFECTS, benchmark_degradations
 from dpe_core.quality.family_b import benchmark_defects_b
@@ -353,6 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
 
+    if args.out is not None:
+        try:
+            check_apart(str(args.out), [str(args.photos or default_photos_dir())], "contact-sheet folder (--out)")
+        except DestinationError as exc:
+            print(f"dpe quality: {exc}", file=sys.stderr)
+            return 2
     models: dict[str, Method] = {}
     split: list[str] = []
     for reference in args.model or ["default"]:
@@ -364,13 +370,6 @@ def main(argv: list[str] | None = None) -> int:
         models[f"model {reference}"] = method
         split = split or model_test_split(enhancer)
     folder = args.photos or default_photos_dir()
-    if args.out is not None:
-        sheets, originals = Place.parse(str(args.out)), Place.parse(str(folder))
-        if relation(originals, sheets):
-            print(f"dpe quality: --out {args.out} ({sheets.canonical}) overlaps the photo folder {folder} "
-                  f"({originals.canonical}): choose a folder apart from the photos, originals are never written",
-                  file=sys.stderr)
-            return 2
     names = None if args.all_photos or not split or args.photos is not None else split
     if args.names:
         names = [n.strip() for n in args.names.split(",") if n.strip()]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import posixpath
 
-from dpe_core.io.places import DestinationError, Place, relation
+from dpe_core.io.places import DestinationError, check_apart
 from dpe_core.training.config import DataConfig
 
 __all__ = ["photo_folders", "check_apart_from_photos", "DestinationError"]
@@ -22,13 +22,4 @@ def photo_folders(data: DataConfig) -> list[str]:
 def check_apart_from_photos(data: DataConfig, url: str, what: str) -> None:
     """Raise DestinationError (a ValueError naming both folders) when url, a folder about to be written, is one of
     data's photo folders (under any name: symlinks, '//', bind mounts), lies inside one or contains one."""
-    target = Place.parse(url)
-    for folder in photo_folders(data):
-        photos = Place.parse(folder)
-        where = relation(photos, target)
-        if where is None:
-            continue
-        how = {"same": "is", "inside": "lies inside", "contains": "holds"}[where]
-        raise DestinationError(f"the {what} {url} ({target.canonical}) {how} the photo folder {folder} "
-                               f"({photos.canonical}): choose a folder apart from the photos, originals are "
-                               f"never written")
+    check_apart(url, photo_folders(data), what)
