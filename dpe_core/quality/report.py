@@ -199,17 +199,28 @@ def format_table(result: QualityResult) -> str:
     return "\n".join(lines)
 
 
+def _capped(scores: Sequence[float]) -> np.ndarray:
+    # An unchanged photo scores inf; 100 dB (far past 8-bit rounding, ~59 dB) stands in for it so the pair counts.
+    return np.minimum(np.asarray(scores, dtype=np.float64), 100.0)
+
+
+def _photo_means(scores: Sequence[float], photos: int) -> np.ndarray:
+    """Mean of each photo's draws (entry j is photo j % photos), inf capped as in the paired comparison."""
+    capped = _capped(scores)
+    if capped.size == 0 or capped.size % photos:
+        raise ValueError(f"{capped.size} paired scores do not split into {photos} photos")
+    return capped.reshape(-1, photos).mean(axis=0)
+
+
 def paired_difference(candidate: Sequence[float], reference: Sequence[float]) -> tuple[float, float, int]:
     """(mean, standard error, count) of candidate - reference over the same pairs (dB).
 
     Two models scored on the same damaged photos differ far less from pair to pair than either differs from the
     other photos: the standard error of the per-pair difference is the noise a comparison of the two means has.
     """
-    # An unchanged photo scores inf; 100 dB (far past 8-bit rounding, ~59 dB) stands in for it so the pair counts.
-    cap = lambda scores: np.minimum(np.asarray(scores, dtype=np.float64), 100.0)  # noqa: E731
     if len(candidate) != len(reference) or len(reference) == 0:
         raise ValueError(f"paired scores need the same non-zero count, got {len(candidate)} and {len(reference)}")
-    diff = cap(candidate) - cap(reference)
+    diff = _capped(candidate) - _capped(reference)
     se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
     return float(diff.mean()), se, int(diff.size)
 
@@ -219,10 +230,9 @@ def per_photo_difference(candidate: Sequence[float], reference: Sequence[float],
     """(mean, standard error, photos) of candidate - reference averaged per photo first (dB; entry j is photo
     j % photos). Several draws of one photo are not independent evidence: a model that suits a photo suits most
     of its draws, so this standard error, over photos, is the one to trust when draws > 1."""
-    diff = np.minimum(np.asarray(candidate, np.float64), 100.0) - np.minimum(np.asarray(reference, np.float64), 100.0)
-    if diff.size == 0 or diff.size % photos:
-        raise ValueError(f"{diff.size} paired scores do not split into {photos} photos")
-    means = diff.reshape(-1, photos).mean(axis=0)
+    if len(candidate) != len(reference):
+        raise ValueError(f"paired scores need the same count, got {len(candidate)} and {len(reference)}")
+    means = _photo_means(candidate, photos) - _photo_means(reference, photos)
     se = float(means.std(ddof=1) / np.sqrt(photos)) if photos > 1 else float("nan")
     return float(means.mean()), se, photos
 
@@ -241,8 +251,7 @@ def format_paired(result: QualityResult, models: Sequence[str]) -> str:
         photos = len(result.photos)
         if count > photos:
             _, photo_se, _ = per_photo_difference(ours, theirs, photos)
-            photo_wins = int((np.asarray(ours).reshape(-1, photos).mean(0)
-                              > np.asarray(theirs).reshape(-1, photos).mean(0)).sum())
+            photo_wins = int((_photo_means(ours, photos) > _photo_means(theirs, photos)).sum())
             line += f", +- {photo_se:.3f} over {photos} photos ({photo_wins} better)"
         if scores.noharm and reference.noharm:
             nh_mean, nh_se, nh_count = paired_difference(scores.noharm, reference.noharm)
@@ -255,8 +264,7 @@ def format_per_photo(result: QualityResult, models: Sequence[str]) -> str:
     """One row per photo: its mean PSNR over the draws for the first model, and each other model's mean difference
     from it (dB), worst first for the second model: which photos a candidate loses on."""
     photos = len(result.photos)
-    means = {name: np.minimum(np.asarray([r[0] for r in result.scores[name].restore], np.float64), 100.0)
-             .reshape(-1, photos).mean(axis=0) for name in models}
+    means = {name: _photo_means([r[0] for r in result.scores[name].restore], photos) for name in models}
     order = np.argsort(means[models[1]] - means[models[0]]) if len(models) > 1 else range(photos)
     width = max(len(n) for n in result.photos)
     lines = [f"per photo, family {result.family}, mean over draws (dB): column 1 {models[0]}"]
