@@ -42,6 +42,7 @@ from dpe_core.io.places import DestinationError, check_apart  # noqa: E402
 from dpe_core.quality.looks import LOOKS  # noqa: E402
 from dpe_core.quality.report import load_photos  # noqa: E402
 from dpe_core.quality.style import (  # noqa: E402
+    StyleSplit,
     colour_histograms,
     deal_extra_photos,
     link_photo_pool,
@@ -121,10 +122,27 @@ def checkpoint_on_s(checkpoints: Path, source_pairs) -> dict:
     trace = []
     for iteration in list_checkpoints(str(checkpoints)):
         sidecar = checkpoint_urls(str(checkpoints), iteration)[1]
-        s_psnr = score_against_look(source_pairs, model_method(Enhancer(load_step(sidecar).enhancer)))["psnr"]
+        s_psnr = score_against_look(source_pairs, model_method(Enhancer(load_step(sidecar).enhancer)),
+                                    colour=False)["psnr"]
         trace.append([iteration, round(s_psnr, 3), sidecar])
     best = max(trace, key=lambda row: (row[1], row[0]))
     return {"sidecar": best[2], "iteration": best[0], "trace": [row[:2] for row in trace]}
+
+
+def scored_as_exported(run_dir: Path, scores: dict) -> dict:
+    """The results row of a run trained elsewhere (--score-only): its scores beside its training time, last
+    iteration, penalty weights and stability from RUN/checkpoints/history.jsonl and the exported iteration from
+    RUN/model/model.json."""
+    history = read_history(str(run_dir / "checkpoints"))
+    if not history:
+        raise SystemExit(f"{run_dir}: no checkpoints/history.jsonl, so nothing says how its model was trained")
+    last = history[-1]
+    exported = json.loads((run_dir / "model" / "model.json").read_text())["training"]["iterations"]
+    numbers = [v for h in history for v in h.values() if isinstance(v, float)]
+    return scores | {"seconds": max(float(h.get("seconds", 0.0)) for h in history), "iterations": last["iteration"],
+                     "stable": bool(np.all(np.isfinite(numbers))), "exported_iteration": exported,
+                     "lambda_trace": lambda_trace(history)} | {
+                         k: last[k] for k in ("lambda_y", "lambda_x") if k in last}
 
 
 def lambda_trace(history: list[dict]) -> list[float]:
@@ -187,6 +205,14 @@ def main() -> None:
                         help="a folder of more real photos (documented sources) for S and R only, never T "
                         "(repeatable); T stays the same 10 natural photos")
     parser.add_argument("--tag", default="", help="appended to each run's folder name (runs with other settings)")
+    parser.add_argument("--data", type=Path,
+                        help="a data folder prepared by an earlier run (WORK/LOOK/data-*, with its split.json): used "
+                             "as it is, the photos are not read (a lent GPU machine has only this folder)")
+    parser.add_argument("--no-colour", action="store_true",
+                        help="PSNR only, CIEDE2000 left out (for a machine without scikit-image)")
+    parser.add_argument("--score-only", action="store_true",
+                        help="no training: score each variant's exported model (RUN/model) as it is, e.g. one "
+                             "trained elsewhere; its training time is read from RUN/checkpoints/history.jsonl")
     args = parser.parse_args()
     if args.critic_cross_channel and args.critic_stats == "off":
         parser.error("--critic-cross-channel needs --critic-stats add or only")
@@ -198,6 +224,30 @@ def main() -> None:
         check_apart(str(args.work), [str(f) for f in (photos, *args.extra_photos)], "work folder (--work)")
     except DestinationError as exc:
         parser.error(str(exc))
+    if args.data:
+        split, data_dir, photos = prepared_split(args, parser), args.data, args.data
+    else:
+        split, data_dir, photos = prepare_data(args, photos)
+    folders = {role: data_dir / role for role in ("source", "reference", "pair_input", "pair_target", "test",
+                                                  "test_target")}
+    test_pairs = load_pairs(folders["test"], folders["test_target"])
+    run_variants(args, split, folders, photos, test_pairs)
+
+
+def prepared_split(args, parser) -> StyleSplit:
+    """The split of a prepared data folder (--data); its split name, seed and long side replace the arguments', so
+    runs get the same folder names as where it was prepared."""
+    try:
+        recorded = json.loads((args.data / "split.json").read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"--data {args.data}: no readable split.json ({exc}); prepare it with a run without --data")
+    args.split, args.seed, args.long_side = recorded["split"], recorded["seed"], recorded["long_side"]
+    return StyleSplit(recorded["source"], recorded["reference"], recorded["test"])
+
+
+def prepare_data(args, photos: Path) -> tuple[StyleSplit, Path, Path]:
+    """Split the natural photos (and --extra-photos) into S, R and T and prepare the data folder once:
+    (split, data folder, the folder the photos were read from)."""
     names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     balance = mean_luminance(photos, names) if args.split != "shuffled" else None
     split = split_style_photos(names, test=args.test, seed=args.seed, balance=balance)
@@ -218,10 +268,11 @@ def main() -> None:
             shutil.rmtree(data_dir)  # prepared for another split: its S and R would not be this run's
         prepare_style_sets(photos, data_dir, args.look, split, long_side=args.long_side)
         split_file.write_text(json.dumps(wanted, indent=1))
-    folders = {role: data_dir / role for role in ("source", "reference", "pair_input", "pair_target", "test",
-                                                  "test_target")}
-    test_pairs = load_pairs(folders["test"], folders["test_target"])
+    return split, data_dir, photos
 
+
+def run_variants(args, split: StyleSplit, folders: dict[str, Path], photos: Path, test_pairs) -> None:
+    """Train (or, with --score-only, only score) every variant, print the table and write results.json."""
     from dpe_core.inference import Enhancer
 
     source_pairs = load_pairs(folders["pair_input"], folders["pair_target"])
@@ -229,7 +280,9 @@ def main() -> None:
     def scores_of(method) -> dict:
         """T's scores, and G(s) against L(s) on S as "s_psnr": where an unpaired run may be chosen (it never saw
         L(s)); for the supervised model S is its training pairs."""
-        return score_against_look(test_pairs, method) | {"s_psnr": score_against_look(source_pairs, method)["psnr"]}
+        colour = not args.no_colour
+        return score_against_look(test_pairs, method, colour) | {
+            "s_psnr": score_against_look(source_pairs, method, colour=False)["psnr"]}
 
     rows = {"identity (t vs L(t))": scores_of(lambda image: image) | {"seconds": 0.0}}
     # Yardsticks without training: what matching the pooled colours of S to L(R) gives (unpaired, like the GAN),
@@ -250,7 +303,7 @@ def main() -> None:
         "seconds": 0.0}
     rows["affine colour transfer S -> L(R)"] = scores_of(transfers["affine"]) | {"seconds": 0.0}
     if "transport-supervised" in args.variants:  # T(s) for every source photo, T = the transfer S -> L(R)
-        folders["transport_target"] = data_dir / f"transport_target-{args.transport_kind}"
+        folders["transport_target"] = folders["source"].parent / f"transport_target-{args.transport_kind}"
         folders["transport_target"].mkdir(exist_ok=True)
         transfer = transfers[args.transport_kind]
         for name, source, _ in source_pairs:
@@ -264,6 +317,10 @@ def main() -> None:
         if args.tag:
             run_dir = run_dir.with_name(f"{run_dir.name}-{args.tag}")
         config = variant_config(variant, folders, args, run_dir / "checkpoints")
+        if args.score_only:
+            rows[variant] = scored_as_exported(run_dir, scores_of(model_method(
+                Enhancer.from_pretrained(str(run_dir / "model")))))
+            continue
         started = time.perf_counter()
         result = train(config)
         trained_s = time.perf_counter() - started
@@ -302,7 +359,8 @@ def main() -> None:
     for name, r in rows.items():
         lam = " / ".join(f"{r[k]:.3g}" for k in ("lambda_y", "lambda_x") if k in r) or "-"
         trace = ", ".join(f"{v:.3g}" for v in r.get("lambda_trace", [])) or "-"
-        print(f"| {name} | {r['psnr']:.2f} | {r['ciede2000']:.2f} | {r['s_psnr']:.2f} | {r['seconds']:.0f} | {lam} | "
+        de = f"{r['ciede2000']:.2f}" if np.isfinite(r["ciede2000"]) else "-"
+        print(f"| {name} | {r['psnr']:.2f} | {de} | {r['s_psnr']:.2f} | {r['seconds']:.0f} | {lam} | "
               f"{trace} | {r.get('stable', '-')} |")
     (args.work / args.look / "results.json").write_text(json.dumps(
         {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))

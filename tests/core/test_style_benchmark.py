@@ -222,3 +222,50 @@ def test_style_benchmark_refuses_a_work_folder_among_the_photos(tmp_path):
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and "overlaps the photo folder" in run.stderr, run.stderr
     assert sorted(p.name for p in natural.iterdir()) == ["a.png"] and list(extra.iterdir()) == []
+
+
+def test_a_style_run_trained_elsewhere_scores_here_as_it_scored_there(testdata, tmp_path):
+    """The lent-GPU workflow (deploy/offline-gpu/style.sh): train on a prepared data folder with PSNR only, bring
+    back the exported model and its history, and score it here with CIEDE2000: the same model, the same T score."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from dpe_core.quality.style import StyleSplit
+
+    split = StyleSplit(source=["coffee.png", "rocket.jpg", "branches.png"],
+                       reference=["chelsea.png", "kpa_pool.jpg", "lomiri_wine.jpg"],
+                       test=["astronaut.png", "kpa_spiff.jpg"])
+    data = tmp_path / "data"
+    prepare_style_sets(testdata / "natural", data, "cool-faded", split, long_side=64)
+    (data / "split.json").write_text(json.dumps({"split": "matched", "seed": 1, "long_side": 64} | asdict(split)))
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "style.py"
+    common = [sys.executable, str(script), "--look", "cool-faded", "--data", str(data), "--variants", "supervised",
+              "--size", "64", "--batch", "2", "--iterations", "8", "--ratio", "2", "--tag", "t"]
+    env = os.environ | {"DPE_TESTDATA": str(testdata)}
+
+    def row(output: str) -> list[str]:
+        line = next(x for x in output.splitlines() if x.startswith("| supervised |"))
+        return [cell.strip() for cell in line.strip("|").split("|")]
+
+    there = subprocess.run([*common, "--work", str(tmp_path / "there"), "--no-colour"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert there.returncode == 0, there.stderr[-2000:]
+    run = Path("cool-faded") / "supervised-matched-t"
+    back = tmp_path / "here" / run
+    shutil.copytree(tmp_path / "there" / run / "model", back / "model")  # what comes back: model and history
+    (back / "checkpoints").mkdir()
+    shutil.copy(tmp_path / "there" / run / "checkpoints" / "history.jsonl", back / "checkpoints")
+    here = subprocess.run([*common, "--work", str(tmp_path / "here"), "--score-only"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert here.returncode == 0, here.stderr[-2000:]
+    assert row(there.stdout)[2] == "-" and float(row(here.stdout)[2]) > 0  # CIEDE2000 only where it can be had
+    assert row(here.stdout)[1] == row(there.stdout)[1] and row(here.stdout)[3] == row(there.stdout)[3]
+    assert not (back / "checkpoints" / "step-00000004.safetensors").exists()  # scored, not trained again
+    missing = subprocess.run([*common, "--work", str(tmp_path / "w"), "--data", str(tmp_path)], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and f"--data {tmp_path}: no readable split.json" in missing.stderr
