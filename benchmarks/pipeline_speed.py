@@ -92,9 +92,16 @@ def run_bare(src: str, mode: str, model: str) -> dict:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def dpe_command() -> list[str]:
+    """The installed `dpe` script beside this Python, else the same CLI as a module (a machine the project was not
+    pip-installed on, such as a lent GPU machine with the sources and wheels on PYTHONPATH)."""
+    script = Path(sys.executable).parent / "dpe"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "flows.cli"]
+
+
 def run_dpe(src: str, mode: str, model: str, workers: int, env: dict, extra: list[str] = ()) -> dict:
     with tempfile.TemporaryDirectory(prefix="dpe-bench-out-") as dst:
-        command = [str(Path(sys.executable).parent / "dpe"), "enhance", src, dst, "--mode", mode, "--model", model,
+        command = [*dpe_command(), "enhance", src, dst, "--mode", mode, "--model", model,
                    "--workers", str(workers), "--json", *extra]
         t0 = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, check=False)

@@ -6,9 +6,10 @@
 # on the prepared data folder .styledata/LOOK (here: cp -rL WORK/LOOK/data-matched-extra111 .styledata/LOOK).
 # A probe of 50 two-way iterations, all variants at once, sets the iterations that fit BUDGET_S; every variant gets
 # the same number of generator updates. Each run is chosen on S (PSNR) and scored on T with PSNR only (the machine
-# has no scikit-image). Back in $OUT: style.tgz with every run's results.json, history, log and progress plot,
-# and the exported models of KEEP (default: unpaired supervised), which `style.py --score-only` scores here with
-# CIEDE2000. RECIPE holds the style.py arguments every run shares (default: look-cool-faded v5's recipe).
+# has no scikit-image). Back in $OUT: meta.tgz with every run's results.json, model.json, history, log and progress
+# plot, and VARIANT.safetensors for each of KEEP (default: unpaired supervised; at most four fit): put each beside
+# its model.json and `style.py --data ... --score-only` scores it here with CIEDE2000. RECIPE holds the style.py
+# arguments every run shares (default: look-cool-faded v6's recipe, deploy/recipes/style-look-cool-v6.json).
 BUDGET=${1:-300}; LOOK=${2:-cool-faded}; DEV=${3:-cuda}; OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 PY=${PY:-python3}
 VARIANTS=${VARIANTS:-unpaired supervised wgan-gp-0.1 wgan-gp-10 wgan-gp-1000 shared-bn}
@@ -57,10 +58,10 @@ echo "training, choosing and scoring: $(( $(date +%s) - start - probe_s )) s"
 for v in $VARIANTS; do grep -E "^\| $v |chose iteration" "/tmp/style-$v.log"; done
 mkdir -p /tmp/style/logs && cp /tmp/style-*.log /tmp/probe-*.log /tmp/style/logs/
 cd /tmp/style || exit 5
-keep=()
-for v in $KEEP; do keep+=("$v"/"$LOOK"/*/model); done
+# What comes back: at most 8 files of 16 MiB each, 64 MiB in all; so no model inside an archive.
 # shellcheck disable=SC2046
-tar czf "$OUT/style.tgz" logs */"$LOOK"/results.json "${keep[@]}" $(ls -d */"$LOOK"/*/checkpoints/history.jsonl \
-  */"$LOOK"/*/checkpoints/progress.png 2>/dev/null)
+tar czf "$OUT/meta.tgz" logs */"$LOOK"/results.json $(ls -d */"$LOOK"/*/model/model.json \
+  */"$LOOK"/*/checkpoints/history.jsonl */"$LOOK"/*/checkpoints/progress.png 2>/dev/null)
+for v in $KEEP; do cp "$v"/"$LOOK"/*/model/model.safetensors "$OUT/$v.safetensors"; done
 ls -la "$OUT"
 echo "total $(( $(date +%s) - start )) s"
