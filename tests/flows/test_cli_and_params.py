@@ -192,7 +192,7 @@ def test_enhance_summary_table_shows_time_to_first_output(monkeypatch):
 
 
 @pytest.mark.parametrize(("recipe_name", "look"), [("style-look-warm-v4.json", "warm-contrast"),
-                                                    ("style-look-cool-v5.json", "cool-faded")])
+                                                    ("style-look-cool-v6.json", "cool-faded")])
 def test_the_shipped_style_recipes_build_the_bundled_looks_training_configs(recipe_name, look):
     from dpe_core.training import TrainConfig
     from flows.cli import params_from_config_file
