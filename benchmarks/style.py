@@ -60,7 +60,7 @@ from dpe_core.training.checkpoint import checkpoint_urls, list_checkpoints  # no
 from dpe_core.training.loop import export_model, train  # noqa: E402
 from dpe_core.training.progress import read_history  # noqa: E402
 from dpe_core.training.select import average_checkpoints, export_checkpoint, load_step  # noqa: E402
-from dpe_core.training.transport import AffineColourTransport  # noqa: E402
+from dpe_core.training.transport import AffineColourTransport, QuantileColourTransport  # noqa: E402
 
 TESTDATA = Path(os.environ.get("DPE_TESTDATA", Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"))
 
@@ -290,8 +290,13 @@ def run_variants(args, split: StyleSplit, folders: dict[str, Path], photos: Path
     sources, looked_sources = [s for _, s, _ in source_pairs], [ls for _, _, ls in source_pairs]
     references = [pixels for _, pixels in load_photos(folders["reference"])]
     # The no-training transports S -> L(R) of both kinds: yardsticks, and the transport-supervised variant's targets.
-    affine = AffineColourTransport.fit(*([torch.from_numpy(im).permute(2, 0, 1) for im in group]
-                                         for group in (sources, references)))
+    source_tensors, reference_tensors = ([torch.from_numpy(im).permute(2, 0, 1) for im in group]
+                                         for group in (sources, references))
+    affine = AffineColourTransport.fit(source_tensors, reference_tensors)
+    # Both kinds in a row, as a generator's colour prior can hold them (curves, then a matrix): the per-channel
+    # quantile map, then the affine map from the curved sources to L(R).
+    curves = QuantileColourTransport.fit(source_tensors, reference_tensors)
+    then_matrix = AffineColourTransport.fit([curves.forward(s[None])[0] for s in source_tensors], reference_tensors)
     transfers = {
         "quantile": pooled_histogram_transfer(sources, references),
         # A colour matrix: cross-channel changes such as saturation, no curves.
@@ -302,6 +307,9 @@ def run_variants(args, split: StyleSplit, folders: dict[str, Path], photos: Path
     rows["histogram transfer S -> L(S)"] = scores_of(pooled_histogram_transfer(sources, looked_sources)) | {
         "seconds": 0.0}
     rows["affine colour transfer S -> L(R)"] = scores_of(transfers["affine"]) | {"seconds": 0.0}
+    rows["curves then colour matrix S -> L(R)"] = scores_of(
+        lambda image: then_matrix.forward(curves.forward(torch.from_numpy(image).permute(2, 0, 1)[None]))[0]
+        .permute(1, 2, 0).numpy()) | {"seconds": 0.0}
     if "transport-supervised" in args.variants:  # T(s) for every source photo, T = the transfer S -> L(R)
         folders["transport_target"] = folders["source"].parent / f"transport_target-{args.transport_kind}"
         folders["transport_target"].mkdir(exist_ok=True)
