@@ -26,6 +26,8 @@ DATA=.styledata/$LOOK
 [ -f "$DATA/split.json" ] || { echo "no prepared data folder $DATA"; exit 2; }
 start=$(date +%s)
 two_way=$(for v in $VARIANTS; do [ "$v" = supervised ] || echo "$v"; done)
+# The probe times two-way iterations; the paired run's updates follow from them.
+[ -n "$two_way" ] || { echo "VARIANTS ($VARIANTS) needs at least one two-way variant to time"; exit 2; }
 for v in $two_way; do  # the probe: every two-way variant at once, as in the real runs
   # shellcheck disable=SC2086
   $PY benchmarks/style.py --look "$LOOK" --data "$DATA" --work "/tmp/probe/$v" --variants "$v" $RECIPE \
