@@ -326,6 +326,9 @@ def run_variants(args, split: StyleSplit, folders: dict[str, Path], photos: Path
             run_dir = run_dir.with_name(f"{run_dir.name}-{args.tag}")
         config = variant_config(variant, folders, args, run_dir / "checkpoints")
         if args.score_only:
+            if not (run_dir / "model" / "model.safetensors").is_file():
+                raise SystemExit(f"{run_dir / 'model'}: no exported model to score; --score-only scores a model "
+                                 "trained elsewhere: put its model.json and model.safetensors there")
             rows[variant] = scored_as_exported(run_dir, scores_of(model_method(
                 Enhancer.from_pretrained(str(run_dir / "model")))))
             continue

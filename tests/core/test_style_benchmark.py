@@ -266,6 +266,9 @@ def test_a_style_run_trained_elsewhere_scores_here_as_it_scored_there(testdata, 
     assert row(there.stdout)[2] == "-" and float(row(here.stdout)[2]) > 0  # CIEDE2000 only where it can be had
     assert row(here.stdout)[1] == row(there.stdout)[1] and row(here.stdout)[3] == row(there.stdout)[3]
     assert not (back / "checkpoints" / "step-00000004.safetensors").exists()  # scored, not trained again
+    nothing = subprocess.run([*common, "--work", str(tmp_path / "empty"), "--score-only"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert nothing.returncode == 1 and "no exported model to score" in nothing.stderr, nothing.stderr[-2000:]
     missing = subprocess.run([*common, "--work", str(tmp_path / "w"), "--data", str(tmp_path)], env=env,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and f"--data {tmp_path}: no readable split.json" in missing.stderr
