@@ -10,23 +10,22 @@
 # Here, once: bash deploy/offline-gpu/enhance.sh --prepare   (the Prefect/Dask wheels into .gpuwhl, the photo into
 # .gpudata/testdata); the call carries [".gpuwhl", ".gpudata/testdata"].
 set -u
+# shellcheck source=deploy/offline-gpu/common.sh
+. "$(dirname "$0")/common.sh"
 if [ "${1:-}" = --prepare ]; then
-  grep -qxF /.gpuwhl/ .git/info/exclude 2>/dev/null || echo /.gpuwhl/ >> .git/info/exclude
+  exclude_from_git .gpuwhl
   rm -rf .gpuwhl && mkdir .gpuwhl
-  # The GPU image has torch, numpy, pillow, safetensors and fsspec; everything else the flows import travels.
-  python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform any -d .gpuwhl prefect==3.9.1 prefect-dask==0.3.7 \
-    distributed==2026.8.0 dask==2026.8.0 typer==0.29.2 rich==15.0.0 exifread==3.5.1 pydantic==2.14.4 pydantic-settings
+  # Everything the flows import travels except what the GPU image has (common.sh), dependencies included.
+  download_wheels .gpuwhl --platform any prefect==3.9.1 prefect-dask==0.3.7 distributed==2026.8.0 dask==2026.8.0 \
+    typer==0.29.2 rich==15.0.0 exifread==3.5.1 pydantic==2.14.4 pydantic-settings
   rm -f .gpuwhl/fsspec-* .gpuwhl/numpy-* .gpuwhl/pillow-*
-  mkdir -p .gpudata/testdata/natural
-  cp "${DPE_TESTDATA:-../shared/testdata}/natural/lomiri_sunset.jpg" .gpudata/testdata/natural/
+  copy_speed_photo
   du -sh .gpuwhl .gpudata/testdata
   exit 0
 fi
 PHOTOS=${1:-200}; OUT=${OUT:-/tmp/out}; PY=${PY:-python3}; mkdir -p "$OUT"
-$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpuwhl/*.whl || exit 3
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 DPE_TESTDATA=$PWD/.gpudata/testdata
+install_wheels .gpuwhl || exit 3
+export PYTHONPATH=$PYTHONPATH:$PWD PYTHONUNBUFFERED=1 DPE_TESTDATA=$PWD/.gpudata/testdata
 SRC=/tmp/photos; rm -rf $SRC /tmp/photos24; mkdir -p $SRC /tmp/photos24
 $PY - "$PHOTOS" <<'PY'
 import random, sys

@@ -10,8 +10,9 @@ cd "$(dirname "$0")/../.."
 BASE=${1:?usage: prepare.sh BASE_CONFIG.json [CANDIDATES.json]}
 export CANDIDATES=${2:-deploy/offline-gpu/candidates.json} INIT=${INIT:-}
 PY=${PY:-.venv/bin/python}
-mkdir -p .git/info
-for d in /.gpudata/ /.whl/; do grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
+# shellcheck source=deploy/offline-gpu/common.sh
+. deploy/offline-gpu/common.sh
+exclude_from_git .gpudata .whl
 rm -rf .gpudata .whl
 $PY -m dpe_core.training.pack "$BASE" .gpudata
 if [ -n "$INIT" ]; then mkdir -p .gpudata/init && cp "$INIT/model.json" "$INIT/model.safetensors" .gpudata/init/; fi
@@ -26,11 +27,8 @@ for name, update in spec["runs"].items():
     json.dump(config, open(f".gpudata/{name}.json", "w"), indent=1)
 print("candidates:", " ".join(spec["runs"]))
 PY
-TESTDATA=${DPE_TESTDATA:-../shared/testdata}
-mkdir -p .gpudata/testdata/natural
-cp "$TESTDATA/natural/lomiri_sunset.jpg" .gpudata/testdata/natural/
+copy_speed_photo
 versions=$($PY -m pip list --format=freeze 2>/dev/null | grep -iE '^(pydantic|pydantic_core|annotated-types|typing-inspection|exifread)==' || true)
 # shellcheck disable=SC2086
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $versions
+download_wheels .whl --no-deps $versions
 du -sh .gpudata .whl

@@ -11,10 +11,9 @@
 # capped at 64 MiB, five 13.5 MB models are not. BENCH=0 skips the benchmarks.
 BUDGET=${1:-300}; DEV=${2:-cuda}; OUT=${OUT:-/tmp/out}; mkdir -p $OUT /tmp/runs
 PY=${PY:-python3}
-if [ -d .whl ] && [ "$DEV" = cuda ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site
-fi
+# shellcheck source=deploy/offline-gpu/common.sh
+. "$(dirname "$0")/common.sh"
+if [ -d .whl ] && [ "$DEV" = cuda ]; then install_wheels .whl || exit 3; fi
 export PYTHONUNBUFFERED=1
 date -u; nproc; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"

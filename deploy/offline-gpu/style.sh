@@ -16,10 +16,9 @@ VARIANTS=${VARIANTS:-unpaired supervised wgan-gp-0.1 wgan-gp-10 wgan-gp-1000 sha
 KEEP=${KEEP:-unpaired supervised}
 RECIPE=${RECIPE:---size 128 --batch 8 --ratio 2 --critic-lr-scale 10 --transport-weight 1000 --transport-init \
 --transport-kind affine --critic-stats only}
-if [ -d .whl ] && [ "$DEV" = cuda ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site
-fi
+# shellcheck source=deploy/offline-gpu/common.sh
+. "$(dirname "$0")/common.sh"
+if [ -d .whl ] && [ "$DEV" = cuda ]; then install_wheels .whl || exit 3; fi
 export PYTHONUNBUFFERED=1
 date -u; nproc; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 DATA=.styledata/$LOOK
