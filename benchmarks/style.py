@@ -70,6 +70,11 @@ def model_method(enhancer):
     return lambda image: np.asarray(enhancer.enhance(image, mode="full"), dtype=np.float32)
 
 
+def photo_method(transform):
+    """A batch transform [B,3,H,W] -> [B,3,H,W] as a method on one HxWx3 float32 photo."""
+    return lambda image: transform(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+
+
 def variant_config(variant: str, folders: dict[str, Path], args, checkpoints: Path) -> TrainConfig:
     """The TrainConfig of one variant; all share size, batch, seed and the number of generator updates."""
     common = {"image_size": args.size, "batch_size": args.batch, "seed": args.seed, "threads": 1,
@@ -300,16 +305,14 @@ def run_variants(args, split: StyleSplit, folders: dict[str, Path], photos: Path
     transfers = {
         "quantile": pooled_histogram_transfer(sources, references),
         # A colour matrix: cross-channel changes such as saturation, no curves.
-        "affine": lambda image: affine.forward(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0)
-        .numpy(),
+        "affine": photo_method(affine.forward),
     }
     rows["histogram transfer S -> L(R)"] = scores_of(transfers["quantile"]) | {"seconds": 0.0}
     rows["histogram transfer S -> L(S)"] = scores_of(pooled_histogram_transfer(sources, looked_sources)) | {
         "seconds": 0.0}
     rows["affine colour transfer S -> L(R)"] = scores_of(transfers["affine"]) | {"seconds": 0.0}
     rows["curves then colour matrix S -> L(R)"] = scores_of(
-        lambda image: then_matrix.forward(curves.forward(torch.from_numpy(image).permute(2, 0, 1)[None]))[0]
-        .permute(1, 2, 0).numpy()) | {"seconds": 0.0}
+        photo_method(lambda batch: then_matrix.forward(curves.forward(batch)))) | {"seconds": 0.0}
     if "transport-supervised" in args.variants:  # T(s) for every source photo, T = the transfer S -> L(R)
         folders["transport_target"] = folders["source"].parent / f"transport_target-{args.transport_kind}"
         folders["transport_target"].mkdir(exist_ok=True)
