@@ -1,4 +1,4 @@
-"""Make more real photos from Debian packages: 28 wallpapers, 16 jigsaw-puzzle photos, or 31 photos of two games.
+"""Make more real photos from Debian packages: 28 wallpapers, 16 puzzle photos, 31 game photos or 115 GCompris photos.
 
 Why: the 46 natural photos of the shared test data were all there was for training, validation and test, and a
 validation split of 6 photos could not tell two candidate models apart (a 1.5 dB gain on it vanished on the test
@@ -11,6 +11,7 @@ package, version, path and the sha256 of every source file.
     python benchmarks/debian_photos.py OUT_DIR                  # the 28 wallpapers
     python benchmarks/debian_photos.py OUT_DIR --set puzzles    # the 16 puzzle photos
     python benchmarks/debian_photos.py OUT_DIR --set games      # the 31 photos of Tux Paint and Tux Typing
+    python benchmarks/debian_photos.py OUT_DIR --set gcompris   # the 115 photos of GCompris
     # needs apt-get (Debian/Ubuntu) and dpkg-deb
 
 The puzzle set: the photos of two jigsaw games, ``palapeli-data`` (5 Wikimedia Commons photos, licence and
@@ -26,6 +27,13 @@ terraces, a volcano, a hot spring; "featured images from Wikimedia Commons" by t
 Math's backgrounds are left out: telescope images over a drawn lunar horizon, not photographs of the kind archives
 hold.
 
+The gcompris set: the 115 photographs of five activities of the educational suite GCompris, ``gcompris-qt-data``
+(GPL-3+ by the package's copyright file, whose ``Files: *`` stanza covers them): 49 monuments (Egypt, France,
+Germany, India, the USA, the seven wonders), 15 wild and 9 farm animals, 9 musicians and instruments, and the 33
+animal photos of the "erase" activity. They are WebP files inside compiled Qt resource files (``rcc/*.rcc``), read
+by ``qt_resources``. The drawings, paintings and cartoon backgrounds of other activities are left out. They came
+after every model up to v6 had been trained and chosen, so none of them has been trained or chosen on.
+
 Output: OUT_DIR/NAME.png (sRGB, 8 bit, long side 1024, Lanczos) and OUT_DIR/MANIFEST.tsv; each photo is written
 atomically, so a rerun replaces them whole. The manifest keeps the rows of other sets made into the same folder.
 """
@@ -35,9 +43,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -74,19 +84,48 @@ GAMES: list[tuple[str, str, str]] = [
         "sun_behind_leaves", "trees_above", "trees_at_dusk", "wool_mill_machine")],
     *[(f"tuxtype_kcas{n}", "tuxtype-data", f"usr/share/tuxtype/images/kcas{n}.jpg") for n in range(12)],
 ]
-SETS = {"wallpapers": PHOTOS, "puzzles": PUZZLES, "games": GAMES}
+GCOMPRIS_RCC = "usr/share/gcompris-qt/rcc"
+def _gcompris(activity: str, prefix: str, folder: str, names: str) -> list[tuple[str, str, str]]:
+    """(output name, package, RCC_FILE!RESOURCE_PATH) for photos inside one GCompris activity's resource file."""
+    return [(f"gcompris_{prefix}_{name.lower()}", "gcompris-qt-data",
+             f"{GCOMPRIS_RCC}/{activity}.rcc!/gcompris/src/activities/{activity}/resource/{folder}{name}.webp")
+            for name in names.split()]
+
+
+GCOMPRIS: list[tuple[str, str, str]] = [
+    *_gcompris("explore_monuments", "egypt", "egypt/", "bentPyramid greatPyramidOfGiza meidumPyramid redPyramid"),
+    *_gcompris("explore_monuments", "france", "france/", "arlesAmphitheater chateaudeChambord chateaudeChenonceau "
+               "citedeCarcassonne eiffelTower montStMichel palaisdesPapes pontduGard reimsCathedral rocamadour"),
+    *_gcompris("explore_monuments", "germany", "germany/", "aulaPalatina berlinCathedral brandenburgGate "
+               "neuschwansteinCastle schwerinPalace trierImperialBaths wormsCathedral"),
+    *_gcompris("explore_monuments", "india", "india/", "ajantaCave charminar gatewayofIndia goldenTemple greatStupa "
+               "hawaMahal konarkSunTemple mysorePalace qutubMinar rangGhar victoriaMemorial"),
+    *_gcompris("explore_monuments", "usa", "usa/", "cabrillo canyondeChelly castillodeSanMarcos castleClinton "
+               "fortSumter georgeWashingtonBirthplace lincolnMemorial mountRushmore navajo statueofLiberty"),
+    *_gcompris("explore_monuments", "wonders", "wonders/", "chichenItza christTheRedeemer colosseum "
+               "greatWallofChina machuPicchu petra tajMahal"),
+    *_gcompris("explore_world_animals", "wild", "animals/", "bison chameleon crocodile dragon giraffe hedgehog "
+               "jaguar kangaroo koala lemur moose narwhal panda polar_bear scarlet_macaw"),
+    *_gcompris("explore_farm_animals", "farm", "animals/", "cat chicken cow dog duck horse owl pig sheep"),
+    *_gcompris("explore_world_music", "music", "music/", "africa america australia ireland italy japan mexico "
+               "middleeast orchestra"),
+    *_gcompris("erase", "erase", "", "alpaca bee butterfly calf camels caterpillar chamaeleon cheetah crab dolphin "
+               "flying_fox gibbon giraffe goat gorilla gosling heron horse kingfisher kitten long_nosed_monkey "
+               "macaque meerkats northern_harrier nubian_ibex penguin pika red_panda rhinoceros spoonbills squirrel "
+               "swans toucan"),
+]
+SETS = {"wallpapers": PHOTOS, "puzzles": PUZZLES, "games": GAMES, "gcompris": GCOMPRIS}
 
 # Where a package states its photos' licence other than in its copyright file.
 LICENCE_FILES = {"tuxtype-data": "usr/share/tuxtype/images/README_IMAGES.TXT"}
 
 
-def crop_pzl(path: Path) -> Image.Image:
+def crop_pzl(data: bytes, name: str) -> Image.Image:
     """The photo inside a jigzo puzzle: the largest embedded JPEG (the atlas), cut to its ``image`` rectangle."""
-    data = path.read_bytes()
     header = data[:4096].decode("latin-1").splitlines()
     rect = next((line.split()[1:5] for line in header if line.startswith("image ")), None)
     if rect is None:
-        raise SystemExit(f"{path.name}: no 'image X Y W H' line in the puzzle header")
+        raise SystemExit(f"{name}: no 'image X Y W H' line in the puzzle header")
     x, y, w, h = map(int, rect)
     atlas, start = None, 0
     while (start := data.find(b"\xff\xd8\xff", start)) >= 0:
@@ -99,12 +138,61 @@ def crop_pzl(path: Path) -> Image.Image:
             pass  # a JPEG marker inside other data
         start += 3
     if atlas is None or x + w > atlas.width or y + h > atlas.height:
-        raise SystemExit(f"{path.name}: no texture atlas holding the {w}x{h} photo at ({x}, {y})")
+        raise SystemExit(f"{name}: no texture atlas holding the {w}x{h} photo at ({x}, {y})")
     return atlas.crop((x, y, x + w, y + h))
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def qt_resources(blob: bytes, rcc_name: str) -> dict[str, bytes]:
+    """{resource path: file bytes} of a compiled Qt resource file (``rcc`` binary format, versions 1-3).
+
+    Layout: a "qres" header (version, then the offsets of the tree, data and names sections), a tree of fixed-size
+    nodes (directories name their children, files their data offset), each data entry prefixed by its length.
+    zlib-compressed entries are inflated; GCompris stores its WebP photos uncompressed.
+    """
+    if blob[:4] != b"qres":
+        raise SystemExit(f"{rcc_name}: not a compiled Qt resource file (no 'qres' header)")
+    version, tree, data, names = struct.unpack(">IIII", blob[4:20])
+    node_size = 22 if version >= 2 else 14
+
+    def node_name(offset: int) -> str:
+        length = struct.unpack(">H", blob[names + offset:names + offset + 2])[0]
+        start = names + offset + 6  # after the length and a 4-byte hash
+        return blob[start:start + 2 * length].decode("utf-16-be")
+
+    files: dict[str, bytes] = {}
+    pending = [(0, "")]
+    while pending:
+        index, prefix = pending.pop()
+        at = tree + index * node_size
+        name_offset, flags = struct.unpack(">IH", blob[at:at + 6])
+        path = f"{prefix}/{node_name(name_offset)}" if index else ""
+        if flags & 2:  # a directory
+            count, first = struct.unpack(">II", blob[at + 6:at + 14])
+            pending.extend((child, path) for child in range(first, first + count))
+            continue
+        offset = data + struct.unpack(">I", blob[at + 10:at + 14])[0]
+        payload = blob[offset + 4:offset + 4 + struct.unpack(">I", blob[offset:offset + 4])[0]]
+        if flags & 1:
+            payload = zlib.decompress(payload[4:])  # after the uncompressed length
+        elif flags & 4:
+            raise SystemExit(f"{rcc_name}:{path}: zstd-compressed resource; not supported here")
+        files[path] = payload
+    return files
+
+
+def read_source(root: Path, inner: str) -> tuple[bytes, str]:
+    """The source photo's bytes and its path for the manifest. ``FILE.rcc!/RESOURCE`` names a file inside a Qt
+    resource file; a folder (plasma) names its largest image."""
+    if "!" in inner:
+        container, resource = inner.split("!", 1)
+        if not (root / container).is_file():
+            raise SystemExit(f"{container}: not in the package (a newer version may have dropped it)")
+        files = qt_resources((root / container).read_bytes(), container)
+        if resource not in files:
+            raise SystemExit(f"{resource}: not in {container} (a newer version may have renamed it)")
+        return files[resource], inner
+    path = source_file(root, inner)
+    return path.read_bytes(), str(path.relative_to(root))
 
 
 def fetch_packages(packages: set[str], into: Path) -> dict[str, tuple[Path, str]]:
@@ -135,8 +223,8 @@ def source_file(root: Path, inner: str) -> Path:
     return path
 
 
-def write_photo(source: Path, out: Path) -> None:
-    with (Image.open(source) if source.suffix != ".pzl" else crop_pzl(source)) as im:
+def write_photo(data: bytes, source: str, out: Path) -> None:
+    with (crop_pzl(data, source) if source.endswith(".pzl") else Image.open(io.BytesIO(data))) as im:
         im = ImageOps.exif_transpose(im).convert("RGB")
         scale = LONG_SIDE / max(im.size)
         if scale < 1:
@@ -163,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         roots = fetch_packages({p for _, p, _ in photos}, Path(tmp))
         for name, package, inner in photos:
             root, version = roots[package]
-            src = source_file(root, inner)
-            write_photo(src, args.out / f"{name}.png")
-            rows.append(f"{name}.png\t{package}\t{version}\t{src.relative_to(root)}\t{sha256(src)}\t"
+            data, source = read_source(root, inner)
+            write_photo(data, source, args.out / f"{name}.png")
+            rows.append(f"{name}.png\t{package}\t{version}\t{source}\t{hashlib.sha256(data).hexdigest()}\t"
                         f"{LICENCE_FILES.get(package, f'usr/share/doc/{package}/copyright')}")
     tmp_manifest = manifest.with_suffix(".tmp")
     tmp_manifest.write_text("\n".join(rows) + "\n")
