@@ -89,3 +89,10 @@ def test_the_gcompris_set_names_each_photo_once_under_a_name_that_says_what_it_s
     assert len(names) == len(set(names)) == 115
     assert "gcompris_france_eiffeltower" in names and "gcompris_erase_red_panda" in names
     assert all(inner.count("!") == 1 and inner.endswith(".webp") for _, _, inner in script.SETS["gcompris"])
+
+
+def test_the_split_of_the_gcompris_photos_is_the_one_the_model_card_reports_on():
+    script = load_script()
+    names = [f"{name}.png" for name, _, _ in script.SETS["gcompris"]]
+    splits = [script.split_of(name) for name in names]
+    assert (splits.count("val"), splits.count("test")) == (57, 58)
