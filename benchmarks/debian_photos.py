@@ -1,4 +1,4 @@
-"""Make more real photos from Debian packages: 28 wallpapers, 16 puzzle photos, 31 game photos or 115 GCompris photos.
+"""Real photos from Debian packages: 28 wallpapers, 16 puzzle, 31 game, 115 GCompris or 49 Scratch photos.
 
 Why: the 46 natural photos of the shared test data were all there was for training, validation and test, and a
 validation split of 6 photos could not tell two candidate models apart (a 1.5 dB gain on it vanished on the test
@@ -12,6 +12,7 @@ package, version, path and the sha256 of every source file.
     python benchmarks/debian_photos.py OUT_DIR --set puzzles    # the 16 puzzle photos
     python benchmarks/debian_photos.py OUT_DIR --set games      # the 31 photos of Tux Paint and Tux Typing
     python benchmarks/debian_photos.py OUT_DIR --set gcompris   # the 115 photos of GCompris
+    python benchmarks/debian_photos.py OUT_DIR --set scratch    # the 49 photographic backdrops of Scratch 1.4
     # needs apt-get (Debian/Ubuntu) and dpkg-deb
 
 The puzzle set: the photos of two jigsaw games, ``palapeli-data`` (5 Wikimedia Commons photos, licence and
@@ -33,6 +34,12 @@ Germany, India, the USA, the seven wonders), 15 wild and 9 farm animals, 9 music
 animal photos of the "erase" activity. They are WebP files inside compiled Qt resource files (``rcc/*.rcc``), read
 by ``qt_resources``. The drawings, paintings and cartoon backgrounds of other activities are left out. They came
 after every model up to v6 had been trained and chosen, so none of them has been trained or chosen on.
+
+The scratch set: the 49 photographic stage backdrops of ``scratch`` 1.4 (``Media/Backgrounds``: rooms, nature,
+buildings, streets, sports fields; 480x360, by MIT, CC-BY-SA-3.0 by the package's copyright file). The drawn
+backdrops (party room, rooms 1-3, stage, school, woods and bench, the brick walls on a drawn floor, the drawn
+basketball courts, the chalkboard) and the GIFs are left out. Small, but well-exposed everyday scenes of the kind
+archives hold.
 
 ``--split`` also links each photo into OUT_DIR/val/ or OUT_DIR/test/ (``split_of``): the default model's card
 chooses on the gcompris val photos and reports on the test ones.
@@ -117,7 +124,21 @@ GCOMPRIS: list[tuple[str, str, str]] = [
                "macaque meerkats northern_harrier nubian_ibex penguin pika red_panda rhinoceros spoonbills squirrel "
                "swans toucan"),
 ]
-SETS = {"wallpapers": PHOTOS, "puzzles": PUZZLES, "games": GAMES, "gcompris": GCOMPRIS}
+SCRATCH_BACKGROUNDS = "usr/share/scratch/Media/Backgrounds"
+SCRATCH: list[tuple[str, str, str]] = [
+    (f"scratch_{name.replace('-', '_')}", "scratch", f"{SCRATCH_BACKGROUNDS}/{folder}/{name}.jpg")
+    for folder, names in (
+        ("Indoors", "clothing-store hall kitchen the-movies-inside"),
+        ("Nature", "beach-malibu canyon flower-bed forest garden-rock grand-canyon gravel-desert hill lake moon "
+                   "pathway tree water-and-rocks wave"),
+        ("Outdoors", "all-sports-mural atom-playground bench-with-view berkeley-mural boardwalk brick-wall-and-stairs "
+                     "building-at-mit building-fireproof castle city-with-water city-with-water2 driveway graffiti "
+                     "hallway_outdoors hay_field houses mansion mural-faro parking-ramp pool route66 silos the-movies "
+                     "train-tracks1 train-tracks2 village wooden-house"),
+        ("Sports", "baseball-field football-field playing-field tennis-backboard"),
+    ) for name in names.split()
+]
+SETS = {"wallpapers": PHOTOS, "puzzles": PUZZLES, "games": GAMES, "gcompris": GCOMPRIS, "scratch": SCRATCH}
 
 # Where a package states its photos' licence other than in its copyright file.
 LICENCE_FILES = {"tuxtype-data": "usr/share/tuxtype/images/README_IMAGES.TXT"}

@@ -96,3 +96,11 @@ def test_the_split_of_the_gcompris_photos_is_the_one_the_model_card_reports_on()
     names = [f"{name}.png" for name, _, _ in script.SETS["gcompris"]]
     splits = [script.split_of(name) for name in names]
     assert (splits.count("val"), splits.count("test")) == (57, 58)
+
+
+def test_the_scratch_set_takes_only_the_photographic_backdrops():
+    script = load_script()
+    names = [name for name, _, _ in script.SETS["scratch"]]
+    assert len(names) == len(set(names)) == 49
+    assert not any(drawn in name for name in names for drawn in ("party_room", "room1", "school1", "school2",
+                                                                  "chalkboard", "spotlight", "brick_wall1"))
