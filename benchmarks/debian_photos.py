@@ -51,6 +51,7 @@ atomically, so a rerun replaces them whole. The manifest keeps the rows of other
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import struct
@@ -95,6 +96,8 @@ GAMES: list[tuple[str, str, str]] = [
     *[(f"tuxtype_kcas{n}", "tuxtype-data", f"usr/share/tuxtype/images/kcas{n}.jpg") for n in range(12)],
 ]
 GCOMPRIS_RCC = "usr/share/gcompris-qt/rcc"
+
+
 def _gcompris(activity: str, prefix: str, folder: str, names: str) -> list[tuple[str, str, str]]:
     """(output name, package, RCC_FILE!RESOURCE_PATH) for photos inside one GCompris activity's resource file."""
     return [(f"gcompris_{prefix}_{name.lower()}", "gcompris-qt-data",
@@ -204,6 +207,12 @@ def qt_resources(blob: bytes, rcc_name: str) -> dict[str, bytes]:
     return files
 
 
+@functools.cache
+def resources_in(path: Path, name: str) -> dict[str, bytes]:
+    """qt_resources of one resource file, read and parsed once however many of its photos a set takes."""
+    return qt_resources(path.read_bytes(), name)
+
+
 def read_source(root: Path, inner: str) -> tuple[bytes, str]:
     """The source photo's bytes and its path for the manifest. ``FILE.rcc!/RESOURCE`` names a file inside a Qt
     resource file; a folder (plasma) names its largest image."""
@@ -211,7 +220,7 @@ def read_source(root: Path, inner: str) -> tuple[bytes, str]:
         container, resource = inner.split("!", 1)
         if not (root / container).is_file():
             raise SystemExit(f"{container}: not in the package (a newer version may have dropped it)")
-        files = qt_resources((root / container).read_bytes(), container)
+        files = resources_in(root / container, container)
         if resource not in files:
             raise SystemExit(f"{resource}: not in {container} (a newer version may have renamed it)")
         return files[resource], inner
