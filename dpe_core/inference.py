@@ -98,7 +98,7 @@ from dpe_core.inference_options import (
     pick_device,
     pixel_dtype,
 )
-from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics
+from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics, model_statistics
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
 from dpe_core.threads import StripPool, available_cpus, strip_pool
@@ -243,10 +243,10 @@ class Enhancer:
                 # The global colour affine's and tone curve's inputs, from the whole photo (tiles would each see
                 # their own).
                 stats = None
-                if self.net.affine_mlp is not None or self.net.post_curve is not None:
+                if self.net.affine_mlp is not None or self.net.post_curve is not None or self.net.input_stretch:
                     prior = self.net.colour_prior
                     seen = batch if prior is None else prior(batch)  # what forward reads
-                    stats = input_statistics(seen)
+                    stats = model_statistics(seen, self.net.input_stretch)
                 post = None
                 if self.net.post_curve is not None:
                     with self._autocast():

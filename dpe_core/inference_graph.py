@@ -44,6 +44,7 @@ from dpe_core.nn.generator import (
     global_colour_affine,
     statistics_if_needed,
     stats_vector,
+    stretched_view,
 )
 from dpe_core.nn.layers import SELU_ALPHA, SELU_SCALE, IndividualBatchNorm2d, SymmetricConv2d, symmetric_pad
 
@@ -197,6 +198,7 @@ class FoldedGenerator(nn.Module):
         self.affine_mlp = copy.deepcopy(g.affine_mlp) if g.affine_mlp is not None else None
         self.post_curve = copy.deepcopy(g.post_curve) if g.post_curve is not None else None
         self.colour_prior = copy.deepcopy(g.colour_prior) if g.colour_prior is not None else None
+        self.input_stretch = g.config.input_stretch
 
         def conv(name: str) -> SymmetricConv2d:
             module = getattr(g, name)
@@ -315,8 +317,10 @@ class FoldedGenerator(nn.Module):
     def global_feature(self, x: torch.Tensor) -> torch.Tensor:
         """The global vector [B,128,1,1] (the same numbers as GlobalUNetGenerator.global_feature)."""
         x = self._prepare(x)
+        stats = statistics_if_needed(x, None, self.stats, stretch=self.input_stretch)
+        x, stats, _ = stretched_view(x, stats, self.input_stretch)
         e5, _ = self._encode(x)
-        return self._global(e5, statistics_if_needed(x, None, self.stats))
+        return self._global(e5, stats)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
@@ -330,9 +334,10 @@ class FoldedGenerator(nn.Module):
                 post_curve: bool = True) -> torch.Tensor:
         """As GlobalUNetGenerator.forward (same arguments but ``domain``, fixed at construction)."""
         x = self._prepare(x)
-        e5, skips = self._encode(x)
         stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp,
-                                     self.post_curve)
+                                     self.post_curve, stretch=self.input_stretch)
+        x, stats, affine_stats = stretched_view(x, stats, self.input_stretch)
+        e5, skips = self._encode(x)
         g = self._global(e5, stats) if global_vector is None else global_vector.to(e5.dtype)
         local = self._conv("local5", e5)
         gbias = torch.einsum("oc,bc->bo", self.fuse_global_w, g.flatten(1)) + self.fuse_b
@@ -344,7 +349,7 @@ class FoldedGenerator(nn.Module):
         d = self._elu(t)
         y = apply_head(x, self._conv("out2", d))
         if self.affine_mlp is not None:
-            y = y + global_colour_affine(self.affine_mlp, x, stats).to(y.dtype)
+            y = y + global_colour_affine(self.affine_mlp, x, affine_stats).to(y.dtype)
         if self.post_curve is not None and post_curve:
             y = apply_post_curve(self.post_curve, y, stats, post_stats).to(y.dtype)
         return y

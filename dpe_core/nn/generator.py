@@ -58,7 +58,8 @@ class GlobalUNetGenerator(nn.Module):
         self.out1 = ConvSeluBN(3 * c, c, 3, 1, m, e)
         self.out2 = SymmetricConv2d(c, head_channels(config), 3)
         self.stats = stats_mlp(8 * c) if config.global_stats else None
-        self.affine_mlp = affine_mlp() if config.global_affine else None
+        self.affine_mlp = affine_mlp(STRETCH_FEATURES if config.input_stretch else STAT_FEATURES) \
+            if config.global_affine else None
         self.post_curve = post_curve_mlp(config.post_curve_knots) if config.post_curve_knots else None
         self.colour_prior = ColourPrior() if config.colour_prior else None
         for module in self.modules():
@@ -72,7 +73,8 @@ class GlobalUNetGenerator(nn.Module):
                 post_curve: bool = True) -> torch.Tensor:
         """x [B,3,H,W] in [0,1] -> enhanced [B,3,H,W] (unclipped).
 
-        ``global_vector`` [B,128,1,1], ``stats`` [B,STAT_FEATURES] and ``post_stats`` [B,STAT_FEATURES], when
+        ``global_vector`` [B,128,1,1], ``stats`` [B,STAT_FEATURES] (STRETCH_FEATURES with input_stretch:
+        model_statistics) and ``post_stats`` [B,STAT_FEATURES], when
         given, replace the global feature, the input statistics and the pre-curve output statistics computed
         here (tiled full-resolution inference computes them once on the working-size copy). post_curve=False
         leaves the output tone curve out (to compute post_stats).
@@ -81,9 +83,10 @@ class GlobalUNetGenerator(nn.Module):
             raise ValueError(f"generator expects [B,3,H,W] RGB, got shape {tuple(x.shape)}")
         if self.colour_prior is not None:
             x = self.colour_prior(x)
-        a5, skips = self._encode(x, domain)
         stats = statistics_if_needed(x, stats, self.stats if global_vector is None else None, self.affine_mlp,
-                                     self.post_curve)
+                                     self.post_curve, stretch=self.config.input_stretch)
+        x, stats, affine_stats = stretched_view(x, stats, self.config.input_stretch)
+        a5, skips = self._encode(x, domain)
         g = self._global(a5, stats, domain) if global_vector is None else global_vector
         local = self.local5(a5)
         fused = torch.cat([local, g.expand(-1, -1, local.shape[-2], local.shape[-1])], dim=1)
@@ -98,7 +101,7 @@ class GlobalUNetGenerator(nn.Module):
         d, _ = self.out1(d, domain)
         y = apply_head(x, self.out2(d))
         if self.affine_mlp is not None:
-            y = y + global_colour_affine(self.affine_mlp, x, stats)
+            y = y + global_colour_affine(self.affine_mlp, x, affine_stats)
         if self.post_curve is not None and post_curve:
             y = apply_post_curve(self.post_curve, y, stats, post_stats)
         return y
@@ -107,8 +110,10 @@ class GlobalUNetGenerator(nn.Module):
         """The global vector [B,128,1,1] for x [B,3,H,W] in [0,1]."""
         if self.colour_prior is not None:
             x = self.colour_prior(x)
+        stats = statistics_if_needed(x, None, self.stats, stretch=self.config.input_stretch)
+        x, stats, _ = stretched_view(x, stats, self.config.input_stretch)
         a5, _ = self._encode(x, domain)
-        return self._global(a5, statistics_if_needed(x, None, self.stats), domain)
+        return self._global(a5, stats, domain)
 
     def _encode(self, x: torch.Tensor, domain: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         a, raw_skips = x, []
@@ -185,13 +190,66 @@ def input_statistics(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([q.permute(1, 2, 0).reshape(x.shape[0], -1), flat.mean(dim=2), spread], dim=1)
 
 
-def statistics_if_needed(x: torch.Tensor, stats: torch.Tensor | None, *branches: nn.Module | None
-                         ) -> torch.Tensor | None:
-    """``stats`` when given, else input_statistics(x) when any of ``branches`` exists (computed once per forward
-    for all of them), else None: a model without statistics branches never pays for the quantiles."""
-    if stats is not None or all(b is None for b in branches):
+# The stretch of GeneratorConfig.input_stretch: autocontrast's 0.1% clip per channel (the probe that measured
+# +1.28 dB on A used it; 0.5% lost half of that). A span under MIN_STRETCH_SPAN (a flat grey card) is stretched
+# no further than 16x, so noise is not blown up to full range.
+STRETCH_QUANTILES = (0.001, 0.999)
+MIN_STRETCH_SPAN = 1.0 / 16
+# With input_stretch the statistics are [those of the stretched photo | those of the original | the 6 bounds]: the
+# branches read the first block (what the U-Net sees), the colour affine all three (what the stretch did).
+STRETCH_FEATURES = 2 * STAT_FEATURES + 6
+
+
+def stretch_bounds(x: torch.Tensor) -> torch.Tensor:
+    """x [B,3,H,W] in [0,1] -> [B,6] float32: per-channel low (0.1%) then high (99.9%) quantiles, [0,1] units."""
+    flat = x.float().reshape(x.shape[0], 3, -1)
+    q = torch.quantile(flat, flat.new_tensor(STRETCH_QUANTILES), dim=2)  # [2,B,3]
+    return torch.cat([q[0], q[1]], dim=1)
+
+
+def _stretch(x: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(x.device.type, enabled=False):
+        low = bounds[:, :3, None, None].float()
+        span = (bounds[:, 3:, None, None].float() - low).clamp(min=MIN_STRETCH_SPAN)
+        return ((x.float() - low) / span).clamp(0.0, 1.0).to(x.dtype)
+
+
+def model_statistics(x: torch.Tensor, stretch: bool = False) -> torch.Tensor:
+    """What a generator's statistics branches read, float32 in [0,1] units: input_statistics(x) [B, STAT_FEATURES];
+    with ``stretch`` (GeneratorConfig.input_stretch) [B, STRETCH_FEATURES]: input_statistics of the stretched x,
+    input_statistics(x), stretch_bounds(x)."""
+    if not stretch:
+        return input_statistics(x)
+    bounds = stretch_bounds(x)
+    return torch.cat([input_statistics(_stretch(x, bounds)), input_statistics(x), bounds], dim=1)
+
+
+def stretch_input(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """x [B,3,H,W] stretched per channel to [0,1] (clipped) by the bounds in ``stats`` = model_statistics(...,
+    stretch=True) of the whole photo, so that tiles agree; x's dtype."""
+    if stats.shape[1] != STRETCH_FEATURES:
+        raise ValueError(f"input_stretch needs statistics with stretch bounds ({STRETCH_FEATURES} columns), got "
+                         f"{stats.shape[1]}")
+    return _stretch(x, stats[:, 2 * STAT_FEATURES :])
+
+
+def stretched_view(x: torch.Tensor, stats: torch.Tensor | None, stretch: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(the input the U-Net reads, the statistics its branches read, those the colour affine reads): (x, stats,
+    stats) without ``stretch``, else (stretch_input(x, stats), stats[:, :STAT_FEATURES], stats)."""
+    if not stretch:
+        return x, stats, stats
+    return stretch_input(x, stats), stats[:, :STAT_FEATURES], stats
+
+
+def statistics_if_needed(x: torch.Tensor, stats: torch.Tensor | None, *branches: nn.Module | None,
+                         stretch: bool = False) -> torch.Tensor | None:
+    """``stats`` when given, else model_statistics(x, stretch) when any of ``branches`` exists or ``stretch``
+    (computed once per forward for all of them), else None: a model without statistics branches never pays for
+    the quantiles."""
+    if stats is not None or (not stretch and all(b is None for b in branches)):
         return stats
-    return input_statistics(x)
+    return model_statistics(x, stretch)
 
 
 def stats_mlp(out_channels: int, hidden: int = 64) -> nn.Sequential:
@@ -202,10 +260,10 @@ def stats_mlp(out_channels: int, hidden: int = 64) -> nn.Sequential:
     return mlp
 
 
-def affine_mlp(hidden: int = 128) -> nn.Sequential:
-    """Statistics [B, STAT_FEATURES] -> a colour affine [B,12] (row-major 3x3 matrix, then offset); last layer
-    zero (the identity correction)."""
-    mlp = nn.Sequential(nn.Linear(STAT_FEATURES, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
+def affine_mlp(features: int = STAT_FEATURES, hidden: int = 128) -> nn.Sequential:
+    """Statistics [B, features] -> a colour affine [B,12] (row-major 3x3 matrix, then offset); last layer zero
+    (the identity correction)."""
+    mlp = nn.Sequential(nn.Linear(features, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
                         nn.Linear(hidden, 12))
     nn.init.zeros_(mlp[-1].weight)
     nn.init.zeros_(mlp[-1].bias)
@@ -290,6 +348,14 @@ def load_widened(generator: GlobalUNetGenerator, state: dict[str, torch.Tensor])
     ``generator`` computes the saved model's function; any other mismatch raises ValueError."""
     if generator.config.output == "affine" and state["out2.weight"].shape[0] == 3:
         state = widen_residual_head(state)
+    first = "affine_mlp.0.weight"
+    wanted = generator.affine_mlp[0].in_features if generator.affine_mlp is not None else 0
+    if first in state and state[first].shape[1] < wanted:
+        # Widened to read the original photo's statistics too (input_stretch): those columns start at zero, so the
+        # affine first computes what it did on the statistics of the photo the U-Net sees.
+        state = dict(state)
+        old = state[first]
+        state[first] = torch.cat([old, old.new_zeros(old.shape[0], wanted - old.shape[1])], dim=1)
     missing, unexpected = generator.load_state_dict(state, strict=False)
     stray = [k for k in missing if not k.startswith(("stats.", "affine_mlp.", "post_curve.", "colour_prior."))]
     stray += list(unexpected)

@@ -64,6 +64,9 @@ def refit_head(config: TrainConfig, model_uri: str, steps: int, out: str | Path,
     has none (the widened model starts as the saved one). Raises DestinationError (a ValueError) when out is,
     lies inside or holds a folder of the photos, before anything is written."""
     generator, info = load_model(model_uri)
+    if generator.config.input_stretch:  # the refit feeds the heads the unstretched input and its statistics
+        raise ValueError(f"model {model_uri!r} stretches its input (GeneratorConfig.input_stretch); refit does not "
+                         "support such models: train them with python -m dpe_core.training")
     torch.manual_seed(config.seed)
     if head == "post_curve" and generator.post_curve is None:
         widened = build_generator(generator.config.model_copy(update={"post_curve_knots": knots}))
