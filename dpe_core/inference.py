@@ -98,7 +98,7 @@ from dpe_core.inference_options import (
     pick_device,
     pixel_dtype,
 )
-from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics, model_statistics
+from dpe_core.nn.generator import GlobalUNetGenerator, input_statistics, statistics_if_needed
 from dpe_core.nn.layers import symmetric_pad
 from dpe_core.nn.modelfile import ModelFileError, ModelInfo, load_model
 from dpe_core.threads import StripPool, available_cpus, strip_pool
@@ -242,11 +242,10 @@ class Enhancer:
                     g = self.net.global_feature(batch).float()
                 # The global colour affine's and tone curve's inputs, from the whole photo (tiles would each see
                 # their own).
-                stats = None
-                if self.net.affine_mlp is not None or self.net.post_curve is not None or self.net.input_stretch:
-                    prior = self.net.colour_prior
-                    seen = batch if prior is None else prior(batch)  # what forward reads
-                    stats = model_statistics(seen, self.net.input_stretch)
+                prior = self.net.colour_prior
+                seen = batch if prior is None else prior(batch)  # what forward reads
+                stats = statistics_if_needed(seen, None, self.net.affine_mlp, self.net.post_curve,
+                                             stretch=self.net.input_stretch)
                 post = None
                 if self.net.post_curve is not None:
                     with self._autocast():
